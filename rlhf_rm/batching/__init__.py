@@ -1,0 +1,1 @@
+"""Tokenization, truncation, prefix sharing and length-aware batching → model-ready tensors."""

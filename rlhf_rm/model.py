@@ -1,0 +1,112 @@
+"""Backbone + scalar head: load, score (last real token found from the attention mask), save as plain HF."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+METADATA_FILE = "rlhf_rm.json"
+
+
+class RewardModel(nn.Module):
+    """Wraps an `AutoModelForSequenceClassification(num_labels=1)`; returns one reward per scored token.
+
+    HF's own pooling looks for the first pad id, which is wrong when pad == EOS (SmolLM2, Llama-3);
+    here the caller says exactly which (row, column) holds each sequence's last real token.
+    """
+
+    def __init__(self, hf_model: nn.Module):
+        super().__init__()
+        self.hf_model = hf_model
+
+    def forward(self, input_ids, attention_mask, position_ids, score_rows, score_cols) -> torch.Tensor:
+        backbone = self.hf_model.base_model
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False).last_hidden_state
+        picked = hidden[score_rows, score_cols]
+        return self.hf_model.score(picked.to(self.hf_model.score.weight.dtype)).squeeze(-1).float()
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Column of the last attended token of each row; right or left padding alike."""
+    width = attention_mask.shape[1]
+    return width - 1 - attention_mask.flip(1).long().argmax(1)
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only, so left padding does not shift RoPE positions."""
+    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Give the tokenizer a pad token distinct from EOS when it has none (or reuses EOS).
+
+    Our pooling never relies on it, but plain `from_pretrained` users of the checkpoint get HF's
+    pooling, which stops at the first pad id: with pad == EOS that would score the wrong token.
+    """
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    unk = tokenizer.unk_token_id
+    if unk is not None and unk != tokenizer.eos_token_id:
+        tokenizer.pad_token = tokenizer.unk_token
+    else:
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def load_reward_model(path: str, tokenizer=None, dtype: torch.dtype = torch.float32,
+                      head_init_std: float | None = None) -> RewardModel:
+    """Load a backbone (or a trained checkpoint) as a reward model with a 1-output head."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    # A backbone has no score head yet; HF's "newly initialized" report would only alarm users.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        hf_model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=dtype, attn_implementation="sdpa")
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if tokenizer is not None:
+        if len(tokenizer) > hf_model.get_input_embeddings().num_embeddings:
+            hf_model.resize_token_embeddings(len(tokenizer))
+        hf_model.config.pad_token_id = tokenizer.pad_token_id
+    if head_init_std is not None and not (Path(path) / METADATA_FILE).exists():
+        nn.init.normal_(hf_model.score.weight, std=head_init_std)
+    return RewardModel(hf_model)
+
+
+def save_checkpoint(model: RewardModel, tokenizer, directory: str | Path, metadata: dict,
+                    state_dict: dict | None = None) -> Path:
+    """Write a directory that plain `AutoModelForSequenceClassification.from_pretrained` can load."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    hf_model = model.hf_model
+    hf_model.config.num_labels = 1
+    hf_model.config.problem_type = "regression"
+    hf_model.config.pad_token_id = tokenizer.pad_token_id
+    if hf_model.config.architectures:
+        hf_model.config.architectures = [type(hf_model).__name__]
+    if state_dict is not None:
+        hf_model.save_pretrained(directory, state_dict=state_dict)
+    else:
+        hf_model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
+    return directory
+
+
+def read_metadata(directory: str | Path) -> dict:
+    path = Path(directory) / METADATA_FILE
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,30 @@
+"""Weights & Biases tracking: offline unless WANDB_API_KEY is set, disabled with logger=none."""
+
+from __future__ import annotations
+
+import os
+
+
+class RunTracker:
+    def __init__(self, logger_config: dict | None, run_dir: str, config: dict, name: str | None = None):
+        self.run = None
+        if not logger_config or logger_config.get("backend") != "wandb":
+            return
+        import wandb
+
+        mode = logger_config.get("mode") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        self.run = wandb.init(project=logger_config.get("project", "rlhf_rm"), mode=mode, dir=run_dir,
+                              config=config, name=name, reinit="finish_previous")
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+
+    def summary(self, values: dict) -> None:
+        if self.run is not None:
+            self.run.summary.update(values)
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None

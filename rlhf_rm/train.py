@@ -1,0 +1,116 @@
+"""Hydra entry point: config → validated, tokenized data → Ray Train TorchTrainer → HF checkpoint + metrics.
+
+    python -m rlhf_rm.train trainer.num_workers=2 loss=regularized data.limit=256
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from rlhf_rm.backbone import resolve_backbone
+from rlhf_rm.batching.tokenize import ResponseEncoder
+from rlhf_rm.data import DataReport, load_pairs
+from rlhf_rm.model import load_tokenizer
+
+
+def prepare_split(paths, data_cfg, encoder: ResponseEncoder, run_dir: Path, split: str, limit):
+    paths = [to_absolute_path(p) for p in ([paths] if isinstance(paths, str) else paths)]
+    pairs, report = load_pairs(paths, on_error=data_cfg.on_error, limit=limit,
+                               quarantine_path=run_dir / f"quarantine_{split}.jsonl",
+                               prompt_separator=data_cfg.prompt_separator)
+    groups = [encoder.encode_pair(p) for p in pairs]
+    summary = report.as_dict()
+    summary["prompt_truncated"] = sum(g.prompt_truncated for g in groups)
+    summary["response_truncated"] = sum(g.response_truncated for g in groups)
+    summary["files"] = paths
+    return groups, summary
+
+
+def format_data_summary(split: str, summary: dict) -> str:
+    line = (f"data[{split}]: {summary['rows_read']} rows read, {summary['used']} used, "
+            f"{summary['quarantined']} quarantined, {summary['prompt_truncated']} prompts truncated, "
+            f"{summary['response_truncated']} responses truncated")
+    if summary["quarantined"]:
+        line += f" (by reason: {summary['quarantined_by_reason']}; see {summary['quarantine_file']})"
+    return line
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    import ray
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rlhf_rm.trainer import train_loop_per_worker
+
+    started = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    backbone_path = resolve_backbone(cfg.model.path)
+    tokenizer = load_tokenizer(backbone_path)
+    encoder = ResponseEncoder(tokenizer, max_length=cfg.data.max_length, append_eos=cfg.data.append_eos)
+    train_groups, train_summary = prepare_split(cfg.data.train, cfg.data, encoder, run_dir, "train", cfg.data.limit)
+    dev_groups, dev_summary = prepare_split(cfg.data.dev, cfg.data, encoder, run_dir, "dev", cfg.data.dev_limit)
+    for split, summary in (("train", train_summary), ("dev", dev_summary)):
+        print(format_data_summary(split, summary), flush=True)
+    if cfg.trainer.num_workers > len(train_groups) or cfg.trainer.num_workers > len(dev_groups):
+        raise ValueError(f"trainer.num_workers={cfg.trainer.num_workers} exceeds the number of train/dev pairs")
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray.address, include_dashboard=False, log_to_driver=True,
+                 **({"num_cpus": cfg.ray.num_cpus} if cfg.ray.num_cpus and not cfg.ray.address else {}))
+    train_config = {
+        "cfg": resolved,
+        "backbone_path": backbone_path,
+        "run_dir": str(run_dir),
+        "train_ref": ray.put(train_groups),
+        "dev_ref": ray.put(dev_groups),
+        "metadata": {"base_model": cfg.model.path, "loss": resolved["loss"], "data": resolved["data"],
+                     "config": resolved, "data_summary": {"train": train_summary, "dev": dev_summary},
+                     "max_length": cfg.data.max_length, "append_eos": cfg.data.append_eos},
+    }
+    use_gpu = bool(cfg.trainer.use_gpu)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=train_config,
+        scaling_config=ScalingConfig(num_workers=cfg.trainer.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cfg.trainer.cpus_per_worker,
+                                                           **({"GPU": 1} if use_gpu else {})}),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=cfg.run_name, storage_path=str((run_dir / "ray").resolve()),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.trainer.keep_checkpoints)),
+    )
+    result = trainer.fit()
+    checkpoint_dir = run_dir / "checkpoint"
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    with result.checkpoint.as_directory() as source:
+        shutil.copytree(source, checkpoint_dir)
+    metrics = dict(result.metrics)
+    metrics["wall_seconds"] = time.perf_counter() - started
+    metrics["checkpoint"] = str(checkpoint_dir)
+    metrics["data"] = {"train": train_summary, "dev": dev_summary}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    print(f"dev accuracy {metrics['dev_accuracy']:.3f} on {metrics['dev_pairs']} pairs "
+          f"(mean margin {metrics['dev_mean_margin']:.3f}); {metrics['train_pairs_per_s']:.2f} pairs/s; "
+          f"wall {metrics['wall_seconds']:.0f}s", flush=True)
+    print(f"checkpoint: {checkpoint_dir}\nmetrics:    {run_dir / 'metrics.json'}", flush=True)
+    return metrics
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    # Ray workers inherit this; tokenizers' own thread pool would fight the workers for 2 cores.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

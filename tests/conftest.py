@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny random Llama backbone built in code, small real data cut from HH-RLHF."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def fixture_texts() -> list[str]:
+    texts = []
+    for name in ("hh_train_small.jsonl", "hh_dev_small.jsonl"):
+        for line in (FIXTURES / name).read_text().splitlines():
+            row = json.loads(line)
+            texts += [row["chosen"], row["rejected"]]
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> str:
+    from rlhf_rm.tiny import build_tiny_backbone
+
+    return build_tiny_backbone(tmp_path_factory.mktemp("tiny_llama"), fixture_texts())
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_backbone):
+    from rlhf_rm.model import load_tokenizer
+
+    return load_tokenizer(tiny_backbone)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_backbone, tiny_tokenizer):
+    import torch
+
+    from rlhf_rm.model import load_reward_model
+
+    torch.manual_seed(0)
+    model = load_reward_model(tiny_backbone, tiny_tokenizer, head_init_std=1.0)
+    return model.eval()
