@@ -73,6 +73,7 @@ def load_reward_model(path: str, tokenizer=None, dtype: torch.dtype = torch.floa
     # A backbone has no score head yet; HF's "newly initialized" report would only alarm users.
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         hf_model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=1, dtype=dtype, attn_implementation="sdpa")

@@ -1,0 +1,60 @@
+"""Score (prompt, response) texts with a trained checkpoint: the one code path shared by CLI, eval and serving."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_rm.batching.collate import collate
+from rlhf_rm.batching.tokenize import EncodedGroup, ResponseEncoder
+from rlhf_rm.data.examples import Text
+from rlhf_rm.model import load_reward_model, load_tokenizer, read_metadata
+
+
+@dataclass
+class ScoredText:
+    score: float
+    truncated: bool
+
+
+class RewardScorer:
+    def __init__(self, checkpoint: str, max_length: int | None = None, tokens_per_batch: int = 8192,
+                 device: str = "cpu"):
+        self.checkpoint = checkpoint
+        self.metadata = read_metadata(checkpoint)
+        self.tokenizer = load_tokenizer(checkpoint)
+        self.model = load_reward_model(checkpoint, self.tokenizer).to(device).eval()
+        self.device = device
+        self.encoder = ResponseEncoder(self.tokenizer, max_length or self.metadata.get("max_length", 2048),
+                                       append_eos=self.metadata.get("append_eos", True))
+        self.tokens_per_batch = tokens_per_batch
+
+    def encode(self, prompt: Text, response: Text) -> EncodedGroup:
+        return self.encoder.encode_group(prompt, [response])
+
+    @torch.no_grad()
+    def score_encoded(self, encoded: list[EncodedGroup]) -> list[float]:
+        """Score many texts; batches are formed from similar lengths so little compute goes to padding.
+        A text's score does not depend on its batch mates (padding is masked, positions start at 0)."""
+        order = sorted(range(len(encoded)), key=lambda i: encoded[i].shared_length())
+        scores = [0.0] * len(encoded)
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and (end - start + 1) * encoded[order[end]].shared_length() <= self.tokens_per_batch:
+                end += 1
+            chunk = order[start:end]
+            batch = collate([encoded[i] for i in chunk], self.tokenizer.pad_token_id, layout="separate")
+            rewards = self.model(**{k: v.to(self.device) for k, v in batch.model_inputs().items()})
+            for index, value in zip(chunk, rewards.cpu().tolist()):
+                scores[index] = value
+            start = end
+        return scores
+
+    def score(self, prompts: list[Text], responses: list[Text]) -> list[ScoredText]:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        encoded = [self.encode(p, r) for p, r in zip(prompts, responses)]
+        values = self.score_encoded(encoded)
+        return [ScoredText(v, e.prompt_truncated or e.response_truncated) for v, e in zip(values, encoded)]

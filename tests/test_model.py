@@ -1,0 +1,101 @@
+"""Scoring reads the last real token from the attention mask: padding side and batch mates change nothing."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf_rm.batching.collate import collate
+from rlhf_rm.batching.tokenize import ResponseEncoder
+from rlhf_rm.data import PreferencePair
+from rlhf_rm.model import last_token_index, positions_from_mask
+
+TEXTS = ["Hello there<|im_end|>", "A much longer text that needs padding in any batch it joins, "
+         "with several clauses and words<|im_end|>", "Mid length reply, ends with EOS<|im_end|>"]
+
+
+def score_padded(model, tokenizer, texts, side):
+    tokenizer.padding_side = side
+    enc = tokenizer(texts, return_tensors="pt", padding=True)
+    rows = torch.arange(len(texts))
+    with torch.no_grad():
+        return model(enc["input_ids"], enc["attention_mask"], positions_from_mask(enc["attention_mask"]),
+                     rows, last_token_index(enc["attention_mask"]))
+
+
+def test_pad_is_distinct_from_eos(tiny_tokenizer, tiny_model):
+    assert tiny_tokenizer.pad_token_id != tiny_tokenizer.eos_token_id
+    assert tiny_model.hf_model.config.pad_token_id == tiny_tokenizer.pad_token_id
+
+
+def test_score_same_alone_in_batch_left_and_right_padding(tiny_model, tiny_tokenizer):
+    alone = torch.cat([score_padded(tiny_model, tiny_tokenizer, [t], "right") for t in TEXTS])
+    right = score_padded(tiny_model, tiny_tokenizer, TEXTS, "right")
+    left = score_padded(tiny_model, tiny_tokenizer, TEXTS, "left")
+    assert alone.std() > 1e-3  # the texts really score differently, so equality below means something
+    torch.testing.assert_close(right, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(left, alone, atol=1e-5, rtol=0)
+    tokenizer_default = "right"
+    tiny_tokenizer.padding_side = tokenizer_default
+
+
+def test_eos_as_pad_would_shift_hf_pooling_but_not_ours(tiny_model, tiny_tokenizer):
+    """With pad == EOS, 'first pad id' pooling picks the wrong token; the mask-based index does not."""
+    enc = tiny_tokenizer(TEXTS[:1], return_tensors="pt")
+    ids = enc["input_ids"]
+    assert ids[0, -1] == tiny_tokenizer.eos_token_id
+    assert last_token_index(enc["attention_mask"]).item() == ids.shape[1] - 1
+
+
+def test_plain_from_pretrained_matches_our_scores(tmp_path, tiny_model, tiny_tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_rm.model import save_checkpoint
+
+    save_checkpoint(tiny_model, tiny_tokenizer, tmp_path, {"test": True})
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    tiny_tokenizer.padding_side = "right"
+    enc = tiny_tokenizer(TEXTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = plain(**enc).logits.squeeze(-1)
+    torch.testing.assert_close(logits, score_padded(tiny_model, tiny_tokenizer, TEXTS, "right"), atol=1e-5, rtol=0)
+
+
+def _groups(tokenizer):
+    encoder = ResponseEncoder(tokenizer, max_length=1024)
+    long_prompt = "\n\nHuman: " + "tell me about the weather in spring and autumn " * 12 + "\n\nAssistant:"
+    pairs = [
+        PreferencePair(long_prompt, " Warm.", " Cold.", "a:1"),  # long prompt, short responses
+        PreferencePair("\n\nHuman: hi\n\nAssistant:", " Hello! " * 30, " Hey.", "a:2"),  # short prompt, long reply
+        PreferencePair("\n\nHuman: why?\n\nAssistant:", " Because it is so.", " No idea at all.", "a:3"),
+    ]
+    return [encoder.encode_pair(p) for p in pairs], encoder
+
+
+def test_prefix_shared_rows_equal_separate_rows(tiny_model, tiny_tokenizer):
+    groups, _ = _groups(tiny_tokenizer)
+    pad = tiny_tokenizer.pad_token_id
+    shared = collate(groups, pad, "prefix_shared")
+    separate = collate(groups, pad, "separate")
+    assert shared.real_tokens < separate.real_tokens  # the prompt is really computed once
+    grads = []
+    outputs = []
+    for batch in (shared, separate):
+        tiny_model.zero_grad()
+        rewards = tiny_model(**batch.model_inputs()).view(-1, batch.group_size)
+        rewards.sum().backward()
+        outputs.append(rewards.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in tiny_model.parameters() if p.grad is not None]))
+    tiny_model.zero_grad()
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+
+
+def test_k_responses_share_one_prompt(tiny_model, tiny_tokenizer):
+    encoder = ResponseEncoder(tiny_tokenizer, max_length=1024)
+    group = encoder.encode_group("\n\nHuman: rank these\n\nAssistant:", [" one", " two two", " three " * 5, " 4"])
+    other = encoder.encode_group("\n\nHuman: short\n\nAssistant:", [" a", " b", " c", " d"])
+    pad = tiny_tokenizer.pad_token_id
+    with torch.no_grad():
+        shared = tiny_model(**collate([group, other], pad, "prefix_shared").model_inputs())
+        separate = tiny_model(**collate([group, other], pad, "separate").model_inputs())
+    torch.testing.assert_close(shared, separate, rtol=1e-4, atol=1e-5)
