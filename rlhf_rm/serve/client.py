@@ -1,0 +1,150 @@
+"""`RewardClient`: what a PPO actor holds to get rewards from the pool, through a DeploymentHandle or HTTP.
+
+    client = RewardClient()                              # handle to the Serve app "rlhf_rm" (inside Ray)
+    client = RewardClient(url="http://127.0.0.1:8000")   # plain HTTP (token from RLHF_RM_SERVE_TOKEN)
+    rewards = client.score(prompts, responses)           # list[float]; chat message lists work too
+    rewards = await client.ascore(prompts, responses)    # from async code / async actors
+
+The client is picklable (connections are opened lazily), splits calls larger than the pool's
+per-request limit, and retries when a replica dies or is restarting; bad input is not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+
+class RewardServiceError(RuntimeError):
+    """The pool answered, but not with scores (after retries, or a 4xx that retrying cannot fix)."""
+
+
+class RewardClient:
+    def __init__(self, app_name: str = "rlhf_rm", *, url: str | None = None, token_env: str = "RLHF_RM_SERVE_TOKEN",
+                 normalize: bool | None = None, texts_per_call: int = 1024, retries: int = 4,
+                 backoff_s: float = 0.5, timeout_s: float = 300.0):
+        self.app_name = app_name
+        self.url = url.rstrip("/") if url else None
+        self.token_env = token_env
+        self.normalize = normalize
+        self.texts_per_call = texts_per_call
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        self._handle = None
+        self._http = None
+        self._ahttp = None
+
+    def __getstate__(self):
+        # Handles and sockets are per process; an actor that receives the client reopens them.
+        return {**self.__dict__, "_handle": None, "_http": None, "_ahttp": None}
+
+    # -- public API ----------------------------------------------------------------------------
+    def score(self, prompts: list, responses: list) -> list[float]:
+        chunks = self._chunks(prompts, responses)
+        if self.url:
+            return [s for p, r in chunks for s in self._retry_sync(lambda p=p, r=r: self._http_score(p, r))]
+        # Submit every chunk first so they spread over replicas, then collect in order.
+        pending = [(p, r, self._get_handle().score.remote(p, r, self.normalize)) for p, r in chunks]
+        scores = []
+        for p, r, response in pending:
+            first = [response]
+            scores += self._retry_sync(lambda p=p, r=r, first=first: self._handle_result(p, r, first))
+        return scores
+
+    async def ascore(self, prompts: list, responses: list) -> list[float]:
+        chunks = self._chunks(prompts, responses)
+        results = await asyncio.gather(*(self._retry_async(p, r) for p, r in chunks))
+        return [s for chunk in results for s in chunk]
+
+    # -- transports ------------------------------------------------------------------------------
+    def _get_handle(self):
+        if self._handle is None:
+            from ray import serve
+
+            self._handle = serve.get_app_handle(self.app_name)
+        return self._handle
+
+    def _headers(self) -> dict:
+        token = os.environ.get(self.token_env) if self.token_env else None
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _body(self, prompts, responses) -> dict:
+        return {"prompts": prompts, "responses": responses, "normalize": self.normalize}
+
+    def _handle_result(self, prompts, responses, first: list) -> list[float]:
+        # The first try reuses the response submitted up front; retries submit anew.
+        response = first.pop() if first else self._get_handle().score.remote(prompts, responses, self.normalize)
+        return response.result(timeout_s=self.timeout_s)["scores"]
+
+    def _http_score(self, prompts, responses) -> list[float]:
+        import httpx
+
+        if self._http is None:
+            self._http = httpx.Client(timeout=self.timeout_s)
+        reply = self._http.post(f"{self.url}/score", json=self._body(prompts, responses), headers=self._headers())
+        return _scores_from(reply)
+
+    async def _ahttp_score(self, prompts, responses) -> list[float]:
+        import httpx
+
+        if self._ahttp is None:
+            self._ahttp = httpx.AsyncClient(timeout=self.timeout_s, limits=httpx.Limits(max_connections=256))
+        reply = await self._ahttp.post(f"{self.url}/score", json=self._body(prompts, responses),
+                                       headers=self._headers())
+        return _scores_from(reply)
+
+    async def _ahandle_score(self, prompts, responses) -> list[float]:
+        return (await self._get_handle().score.remote(prompts, responses, self.normalize))["scores"]
+
+    # -- retries -------------------------------------------------------------------------------
+    def _retry_sync(self, call):
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except Exception as error:  # noqa: BLE001 - classified below
+                if not _retryable(error) or attempt == self.retries:
+                    raise
+                time.sleep(self.backoff_s * 2 ** attempt)
+
+    async def _retry_async(self, prompts, responses):
+        call = self._ahttp_score if self.url else self._ahandle_score
+        for attempt in range(self.retries + 1):
+            try:
+                return await call(prompts, responses)
+            except Exception as error:  # noqa: BLE001 - classified below
+                if not _retryable(error) or attempt == self.retries:
+                    raise
+                await asyncio.sleep(self.backoff_s * 2 ** attempt)
+
+    def _chunks(self, prompts, responses) -> list[tuple[list, list]]:
+        if prompts is None:
+            prompts = [""] * len(responses)
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        n = self.texts_per_call
+        return [(list(prompts[i:i + n]), list(responses[i:i + n])) for i in range(0, len(responses), n)]
+
+
+class _RetryableHTTPError(RewardServiceError):
+    pass
+
+
+def _scores_from(reply) -> list[float]:
+    if reply.status_code >= 500:
+        raise _RetryableHTTPError(f"pool answered {reply.status_code}: {reply.text[:200]}")
+    if reply.status_code != 200:
+        raise RewardServiceError(f"pool answered {reply.status_code}: {reply.text[:500]}")
+    return reply.json()["scores"]
+
+
+def _retryable(error: Exception) -> bool:
+    """Replica deaths, restarts, overload and transport failures are worth another try; bad input is not."""
+    from rlhf_rm.serve.protocol import BadRequest
+
+    if isinstance(error, (BadRequest, ValueError, TypeError)) and not isinstance(error, _RetryableHTTPError):
+        return False
+    if isinstance(error, RewardServiceError):
+        return isinstance(error, _RetryableHTTPError)
+    return True

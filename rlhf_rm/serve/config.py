@@ -1,0 +1,86 @@
+"""Serving settings: the fixed deployment shape (`ServeConfig`) and what can change live (`LiveSettings`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "serve" / "default.yaml"
+
+
+@dataclass
+class LiveSettings:
+    """Sent to replicas as Serve `user_config`; `reconfigure` applies a change without a restart."""
+
+    checkpoint: str | None = None  # directory written by training (HF files + rlhf_rm.json)
+    normalize: bool = False  # default for requests that do not choose: (score - mean) / std from the checkpoint
+    max_length: int | None = None  # None: the checkpoint's training max_length
+    max_batch_size: int = 256  # texts per batched call
+    batch_wait_timeout_s: float = 0.005  # wait of a batch's first text for company
+    tokens_per_forward: int = 16384  # padded tokens per model forward inside a batch
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "LiveSettings":
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown serve live settings {sorted(unknown)}")
+        settings = cls(**values)
+        if not settings.checkpoint:
+            raise ValueError("serve live settings need a checkpoint")
+        if settings.max_batch_size < 1 or settings.tokens_per_forward < 1 or settings.batch_wait_timeout_s < 0:
+            raise ValueError(f"bad batching settings: {settings}")
+        return settings
+
+
+@dataclass
+class ServeConfig:
+    """Mirrors conf/serve/default.yaml; see the comments there."""
+
+    app_name: str = "rlhf_rm"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/"
+    ray_address: str | None = None
+    detach: bool = False
+    num_replicas: int = 1
+    autoscaling: dict | None = None
+    num_cpus_per_replica: float = 1.0
+    torch_threads: int = 1
+    max_ongoing_requests: int = 512
+    device: str = "cpu"
+    max_texts_per_request: int = 4096
+    max_body_bytes: int = 8 * 1024 * 1024
+    token_env: str | None = "RLHF_RM_SERVE_TOKEN"
+    live: LiveSettings = field(default_factory=LiveSettings)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ServeConfig":
+        values = dict(values)
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown serve config keys {sorted(unknown)}")
+        live = LiveSettings(**(values.pop("live", None) or {}))
+        return cls(live=live, **values)
+
+
+def load_serve_config(checkpoint: str | None = None, overrides: list[str] | None = None,
+                      path: str | Path = DEFAULT_CONFIG) -> ServeConfig:
+    """conf/serve/default.yaml + `key=value` overrides (OmegaConf dot-list, e.g. `live.normalize=true`).
+
+    Live keys may also be given bare (`normalize=true`), which is what people type.
+    """
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.load(path)
+    live_keys = {f.name for f in dataclasses.fields(LiveSettings)}
+    dotlist = []
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        dotlist.append(f"live.{key}={value}" if key in live_keys else item)
+    merged = OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist))
+    if checkpoint is not None:
+        merged.live.checkpoint = str(checkpoint)
+    return ServeConfig.from_dict(OmegaConf.to_container(merged, resolve=True))

@@ -1,0 +1,181 @@
+"""The pool's replica: a `RewardScorer` behind `@serve.batch`, with HTTP routes and in-place model reloads.
+
+Every text of every request becomes one queued item; `@serve.batch` merges the items of many concurrent
+callers into one call, which `RewardScorer.score_encoded` sorts by length and cuts into forwards of
+`tokens_per_forward` padded tokens. Padding is masked and positions start at 0, so a text's score does
+not depend on its batch mates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from rlhf_rm.batching.tokenize import EncodedGroup
+from rlhf_rm.scoring import RewardScorer
+from rlhf_rm.serve.config import LiveSettings
+from rlhf_rm.serve.protocol import (BadRequest, ClassifyRequest, GetRewardRequest, ScoreRequest, check_pairs,
+                                    classify_response, plain, split_queries)
+
+logger = logging.getLogger("ray.serve")
+http_app = FastAPI(title="rlhf_rm reward pool", docs_url=None, redoc_url=None)
+
+
+@http_app.exception_handler(BadRequest)
+async def _bad_request(request: Request, error: BadRequest):
+    return JSONResponse({"detail": str(error)}, status_code=413 if error.too_large else 400)
+
+
+@http_app.exception_handler(RequestValidationError)
+async def _invalid_body(request: Request, error: RequestValidationError):
+    # FastAPI's default echoes the offending input back; we name the field and the problem only.
+    problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()]
+    return JSONResponse({"detail": problems}, status_code=422)
+
+
+@http_app.middleware("http")
+async def _limit_body(request: Request, call_next):
+    # Checked before the body is read, so a 10 MB upload costs the replica nothing.
+    limit = request.app.state.max_body_bytes
+    if request.method == "POST":
+        length = request.headers.get("content-length")
+        if length is None:
+            return JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
+        if int(length) > limit:
+            return JSONResponse({"detail": f"body of {length} bytes exceeds the limit of {limit}"}, status_code=413)
+    return await call_next(request)
+
+
+def _require_token(request: Request) -> None:
+    expected = request.app.state.token_sha256
+    if expected is None:
+        return
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    digest = hashlib.sha256(presented.encode()).hexdigest()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(digest, expected):
+        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _score_items(items: list[tuple[RewardScorer, EncodedGroup]]) -> list[float]:
+    """Forward a merged batch; items encoded by different scorers (mid-reload) go to their own model."""
+    scores = [0.0] * len(items)
+    by_scorer: dict[int, list[int]] = {}
+    for index, (scorer, _) in enumerate(items):
+        by_scorer.setdefault(id(scorer), []).append(index)
+    for indices in by_scorer.values():
+        scorer = items[indices[0]][0]
+        for index, value in zip(indices, scorer.score_encoded([items[i][1] for i in indices])):
+            scores[index] = value
+    return scores
+
+
+@serve.deployment
+@serve.ingress(http_app)
+class ScoringDeployment:
+    def __init__(self, max_texts_per_request: int = 4096, max_body_bytes: int = 8 * 1024 * 1024,
+                 token_sha256: str | None = None, torch_threads: int = 1, device: str = "cpu"):
+        import torch
+
+        torch.set_num_threads(torch_threads)
+        self.max_texts = max_texts_per_request
+        self.device = device
+        http_app.state.max_body_bytes = max_body_bytes
+        http_app.state.token_sha256 = token_sha256
+        self.scorer: RewardScorer | None = None
+        self.settings: LiveSettings | None = None
+        # One thread each: the event loop keeps queueing requests while a forward runs, and the
+        # fast tokenizer is not safe to call from two threads at once.
+        self._tokenize_thread = ThreadPoolExecutor(1, thread_name_prefix="rm-tokenize")
+        self._forward_thread = ThreadPoolExecutor(1, thread_name_prefix="rm-forward")
+
+    # -- live settings ------------------------------------------------------------------------
+    async def reconfigure(self, user_config: dict) -> None:
+        """Called by Serve at start and on every user_config change: load a new checkpoint beside the
+        old one, then swap. Requests already encoded finish on the model that encoded them."""
+        settings = LiveSettings.from_dict(user_config)
+        old = self.settings
+        if old is None or (settings.checkpoint, settings.max_length) != (old.checkpoint, old.max_length):
+            loop = asyncio.get_running_loop()
+            self.scorer = await loop.run_in_executor(
+                None, lambda: RewardScorer(settings.checkpoint, max_length=settings.max_length,
+                                           tokens_per_batch=settings.tokens_per_forward, device=self.device))
+            logger.info("serving checkpoint %s", settings.checkpoint)
+        self.scorer.tokens_per_batch = settings.tokens_per_forward
+        self._forward_batch.set_max_batch_size(settings.max_batch_size)
+        self._forward_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self.settings = settings
+
+    # -- scoring (handle API) -------------------------------------------------------------------
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005)
+    async def _forward_batch(self, items: list[tuple[RewardScorer, EncodedGroup]]) -> list[float]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._forward_thread, _score_items, items)
+
+    async def score(self, prompts: list | None, responses: list, normalize: bool | None = None) -> dict:
+        """Score (prompt, response) pairs. Returns scores, truncated flags, token counts and whether
+        the scores were normalized. Raises `BadRequest` for malformed input."""
+        prompts = check_pairs(prompts, responses, self.max_texts)
+        scorer = self.scorer
+        normalize = self.settings.normalize if normalize is None else normalize
+        mean, std = scorer.metadata.get("reward_mean"), scorer.metadata.get("reward_std")
+        if normalize and (mean is None or not std):
+            raise BadRequest(f"checkpoint {scorer.checkpoint} stores no reward_mean/reward_std to normalize with")
+        loop = asyncio.get_running_loop()
+        encoded = await loop.run_in_executor(
+            self._tokenize_thread, lambda: [scorer.encode(p, r) for p, r in zip(prompts, responses)])
+        scores = await asyncio.gather(*(self._forward_batch((scorer, e)) for e in encoded))
+        if normalize:
+            scores = [(s - mean) / std for s in scores]
+        return {"scores": list(scores), "normalized": bool(normalize),
+                "truncated": [e.prompt_truncated or e.response_truncated for e in encoded],
+                "tokens": [e.shared_length() for e in encoded]}
+
+    def info(self) -> dict:
+        metadata = self.scorer.metadata
+        return {"model": metadata.get("base_model") or self.scorer.checkpoint,
+                "checkpoint": self.scorer.checkpoint,
+                "max_length": self.scorer.encoder.max_length,
+                "normalization": {"default": self.settings.normalize, "reward_mean": metadata.get("reward_mean"),
+                                  "reward_std": metadata.get("reward_std")},
+                "live_settings": asdict(self.settings),
+                "max_texts_per_request": self.max_texts}
+
+    def check_health(self) -> None:
+        if self.scorer is None:
+            raise RuntimeError("no checkpoint loaded")
+
+    # -- HTTP routes ----------------------------------------------------------------------------
+    @http_app.get("/health")
+    def health_route(self) -> dict:
+        return {"status": "ok"}
+
+    @http_app.get("/info", dependencies=[Depends(_require_token)])
+    def info_route(self) -> dict:
+        return self.info()
+
+    @http_app.post("/score", dependencies=[Depends(_require_token)])
+    async def score_route(self, body: ScoreRequest) -> dict:
+        prompts = None if body.prompts is None else [plain(p) for p in body.prompts]
+        return await self.score(prompts, [plain(r) for r in body.responses], body.normalize)
+
+    @http_app.post("/get_reward", dependencies=[Depends(_require_token)])
+    async def get_reward_route(self, body: GetRewardRequest) -> dict:
+        prompts, responses = split_queries(body.query, body.prompts)
+        result = await self.score(prompts, responses, body.normalize)
+        return {"rewards": result["scores"], "scores": result["scores"], "truncated": result["truncated"],
+                "normalized": result["normalized"]}
+
+    @http_app.post("/classify", dependencies=[Depends(_require_token)])
+    async def classify_route(self, body: ClassifyRequest) -> dict:
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        result = await self.score(texts, [""] * len(texts), body.normalize)
+        return classify_response(result, body.model or self.info()["model"])
