@@ -1,8 +1,14 @@
-"""Evaluation metrics on scored preference pairs."""
+"""Evaluation metrics on scored preference groups: pairs, soft/tie labels and rankings."""
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
+
 import torch
+
+# A tie counts as recognised when the model's preference probability σ(Δ) is within this of 0.5.
+TIE_TOLERANCE = 0.1
 
 
 def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
@@ -19,3 +25,77 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, floa
         "rejected_mean": float(rejected.mean()),
         "pairs": int(chosen.numel()),
     }
+
+
+def kendall_tau(human_ranks: list, scores: list) -> float:
+    """Kendall τ-b between the human order (rank 0 = best) and the model's scores."""
+    concordant = discordant = tied_human = tied_model = 0
+    n = len(scores)
+    for i in range(n):
+        for j in range(i + 1, n):
+            human = human_ranks[j] - human_ranks[i]  # > 0: i is better
+            model = scores[i] - scores[j]  # > 0: model prefers i
+            if human == 0 and model == 0:
+                continue
+            if human == 0:
+                tied_human += 1
+            elif model == 0:
+                tied_model += 1
+            elif (human > 0) == (model > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = math.sqrt((concordant + discordant + tied_human) * (concordant + discordant + tied_model))
+    return (concordant - discordant) / denominator if denominator else 0.0
+
+
+def group_metrics(groups, scores: list[list[float]]) -> dict[str, float]:
+    """Metrics per data shape, plus per-source pair accuracy. `scores[i]` are group i's rewards."""
+    out: dict[str, float] = {}
+    hard = [(g, s) for g, s in zip(groups, scores) if g.kind == "pair" and g.probability != 0.5]
+    soft = [(g, s) for g, s in zip(groups, scores) if g.kind == "pair"]
+    rankings = [(g, s) for g, s in zip(groups, scores) if g.kind == "ranking"]
+    if hard:
+        # For a soft label p < 0.5 the second response is the preferred one.
+        first = torch.tensor([s[0] if g.probability > 0.5 else s[1] for g, s in hard])
+        second = torch.tensor([s[1] if g.probability > 0.5 else s[0] for g, s in hard])
+        out.update(pair_metrics(first, second))
+    if soft and len(soft) != len(hard):
+        correct, agreement = [], []
+        for g, s in soft:
+            p_model = 1 / (1 + math.exp(-(s[0] - s[1])))
+            if g.probability == 0.5:
+                correct.append(abs(p_model - 0.5) < TIE_TOLERANCE)
+            else:
+                correct.append((p_model > 0.5) == (g.probability > 0.5) and p_model != 0.5)
+            agreement.append(1 - abs(p_model - g.probability))
+        out["tie_aware_accuracy"] = sum(correct) / len(correct)
+        out["soft_label_agreement"] = sum(agreement) / len(agreement)
+        out["ties"] = sum(g.probability == 0.5 for g, _ in soft)
+    if rankings:
+        top1, taus = [], []
+        for g, s in rankings:
+            best = max(range(len(s)), key=lambda i: s[i])
+            top1.append(g.ranks[best] == min(g.ranks))
+            taus.append(kendall_tau(list(g.ranks), s))
+        out["ranking_top1_accuracy"] = sum(top1) / len(top1)
+        out["ranking_kendall_tau"] = sum(taus) / len(taus)
+        out["rankings"] = len(rankings)
+        if "reward_mean" not in out:
+            flat = torch.tensor([v for _, s in rankings for v in s], dtype=torch.float64)
+            out["reward_mean"], out["reward_std"] = float(flat.mean()), float(flat.std(unbiased=False))
+    by_source = defaultdict(list)
+    for g, s in hard:
+        by_source[g.source].append((s[0] > s[1]) == (g.probability > 0.5))
+    if len(by_source) > 1:
+        for source, hits in by_source.items():
+            out[f"accuracy/{source}"] = sum(hits) / len(hits)
+    return out
+
+
+HEADLINE_KEYS = ("accuracy", "mean_margin", "tie_aware_accuracy", "ranking_top1_accuracy", "ranking_kendall_tau")
+
+
+def headline(metrics: dict, prefix: str = "") -> str:
+    """One line with the main metric of each data shape present."""
+    return ", ".join(f"{key} {metrics[prefix + key]:.3f}" for key in HEADLINE_KEYS if prefix + key in metrics)

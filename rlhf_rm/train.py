@@ -18,29 +18,77 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf_rm.backbone import resolve_backbone
 from rlhf_rm.batching.tokenize import ResponseEncoder
-from rlhf_rm.data import DataReport, load_pairs
+from rlhf_rm.data.load import load_examples, normalize_source
+from rlhf_rm.losses import build_loss, check_loss_fits_data
+from rlhf_rm.metrics import headline
 from rlhf_rm.model import load_tokenizer
 
 
-def prepare_split(paths, data_cfg, encoder: ResponseEncoder, run_dir: Path, split: str, limit):
-    paths = [to_absolute_path(p) for p in ([paths] if isinstance(paths, str) else paths)]
-    pairs, report = load_pairs(paths, on_error=data_cfg.on_error, limit=limit,
-                               quarantine_path=run_dir / f"quarantine_{split}.jsonl",
-                               prompt_separator=data_cfg.prompt_separator)
-    groups = [encoder.encode_pair(p) for p in pairs]
-    summary = report.as_dict()
+def source_specs(entries) -> list[dict]:
+    """data.train / data.dev: one path, or a list of paths or {path, format, weight, split, ...}."""
+    if entries is None:
+        return []
+    if isinstance(entries, (str, DictConfig)) or not hasattr(entries, "__iter__"):
+        entries = [entries]
+    specs = []
+    for entry in entries:
+        entry = OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else entry
+        spec = normalize_source(entry)
+        spec["path"] = to_absolute_path(spec["path"])
+        specs.append(spec)
+    return specs
+
+
+def prepare_split(entries, data_cfg, encoder: ResponseEncoder, run_dir: Path, split: str, limit, seed: int):
+    specs = source_specs(entries)
+    groups, reports = [], {}
+    for spec in specs:
+        tagged, report = load_examples([spec], on_error=data_cfg.on_error, limit=limit,
+                                       quarantine_path=run_dir / f"quarantine_{split}_{spec['name']}.jsonl",
+                                       prompt_separator=data_cfg.prompt_separator)
+        encoded = [encoder.encode_example(example, source) for source, example in tagged]
+        if split == "train":
+            encoded = apply_weight(encoded, spec["weight"], seed)
+        groups.extend(encoded)
+        reports[spec["name"]] = report.as_dict()
+    summary = {key: sum(r[key] for r in reports.values())
+               for key in ("rows_read", "used", "examples", "other_split", "without_comparison", "ties", "quarantined")}
     summary["prompt_truncated"] = sum(g.prompt_truncated for g in groups)
     summary["response_truncated"] = sum(g.response_truncated for g in groups)
-    summary["files"] = paths
+    summary["groups"] = len(groups)
+    summary["sources"] = reports
     return groups, summary
 
 
+def apply_weight(groups: list, weight: float, seed: int) -> list:
+    """A source's weight scales how many of its examples an epoch sees: 2.0 repeats it twice,
+    0.5 keeps a seeded half."""
+    import random
+
+    if weight == 1.0 or not groups:
+        return groups
+    count = int(round(weight * len(groups)))
+    whole, remainder = divmod(count, len(groups))
+    return groups * whole + random.Random(seed).sample(groups, remainder)
+
+
+def data_shapes(groups) -> tuple[set, set]:
+    kinds = {g.kind for g in groups}
+    labels = {"margin"} if groups and all(g.margin is not None for g in groups if g.kind == "pair") else set()
+    return kinds, labels
+
+
 def format_data_summary(split: str, summary: dict) -> str:
-    line = (f"data[{split}]: {summary['rows_read']} rows read, {summary['used']} used, "
+    line = (f"data[{split}]: {summary['rows_read']} rows read, {summary['used']} used → {summary['groups']} examples, "
             f"{summary['quarantined']} quarantined, {summary['prompt_truncated']} prompts truncated, "
             f"{summary['response_truncated']} responses truncated")
-    if summary["quarantined"]:
-        line += f" (by reason: {summary['quarantined_by_reason']}; see {summary['quarantine_file']})"
+    if summary["ties"]:
+        line += f", {summary['ties']} ties"
+    if summary["other_split"]:
+        line += f", {summary['other_split']} rows in the other split"
+    for name, report in summary["sources"].items():
+        if report["quarantined"]:
+            line += f"\n  {name}: quarantined by reason {report['quarantined_by_reason']} → {report['quarantine_file']}"
     return line
 
 
@@ -56,16 +104,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     backbone_path = resolve_backbone(cfg.model.path)
     tokenizer = load_tokenizer(backbone_path)
     encoder = ResponseEncoder(tokenizer, max_length=cfg.data.max_length, append_eos=cfg.data.append_eos)
-    train_groups, train_summary = prepare_split(cfg.data.train, cfg.data, encoder, run_dir, "train", cfg.data.limit)
-    dev_groups, dev_summary = prepare_split(cfg.data.dev, cfg.data, encoder, run_dir, "dev", cfg.data.dev_limit)
+    loss = build_loss(OmegaConf.to_container(cfg.loss, resolve=True))
+    train_groups, train_summary = prepare_split(cfg.data.train, cfg.data, encoder, run_dir, "train",
+                                                cfg.data.limit, cfg.seed)
+    dev_groups, dev_summary = prepare_split(cfg.data.dev, cfg.data, encoder, run_dir, "dev", cfg.data.dev_limit, cfg.seed)
     for split, summary in (("train", train_summary), ("dev", dev_summary)):
         print(format_data_summary(split, summary), flush=True)
+    kinds, labels = data_shapes(train_groups)
+    check_loss_fits_data(loss, kinds, labels, data_name="the training data")
     if cfg.trainer.num_workers > len(train_groups) or cfg.trainer.num_workers > len(dev_groups):
         raise ValueError(f"trainer.num_workers={cfg.trainer.num_workers} exceeds the number of train/dev pairs")
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, include_dashboard=False, log_to_driver=True,
+        ray.init(address=cfg.ray.address, log_to_driver=True,
                  **({"num_cpus": cfg.ray.num_cpus} if cfg.ray.num_cpus and not cfg.ray.address else {}))
     train_config = {
         "cfg": resolved,
@@ -98,9 +150,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     metrics["checkpoint"] = str(checkpoint_dir)
     metrics["data"] = {"train": train_summary, "dev": dev_summary}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    print(f"dev accuracy {metrics['dev_accuracy']:.3f} on {metrics['dev_pairs']} pairs "
-          f"(mean margin {metrics['dev_mean_margin']:.3f}); {metrics['train_pairs_per_s']:.2f} pairs/s; "
-          f"wall {metrics['wall_seconds']:.0f}s", flush=True)
+    print(f"dev: {headline(metrics, prefix='dev_')} on {len(dev_groups)} examples; "
+          f"{metrics['train_pairs_per_s']:.2f} examples/s; wall {metrics['wall_seconds']:.0f}s", flush=True)
     print(f"checkpoint: {checkpoint_dir}\nmetrics:    {run_dir / 'metrics.json'}", flush=True)
     return metrics
 

@@ -17,8 +17,8 @@ from ray.train import Checkpoint
 
 from rlhf_rm.batching.collate import collate
 from rlhf_rm.batching.planner import plan_steps
-from rlhf_rm.losses import build_loss
-from rlhf_rm.metrics import pair_metrics
+from rlhf_rm.losses import LossInputs, build_loss
+from rlhf_rm.metrics import group_metrics, headline
 from rlhf_rm.model import load_reward_model, load_tokenizer, save_checkpoint
 from rlhf_rm.tracking import RunTracker
 
@@ -77,16 +77,16 @@ def train_loop_per_worker(config: dict) -> None:
 
     tracker = RunTracker(cfg.get("logger"), config["run_dir"], cfg) if rank == 0 else None
     progress = None
+    total_pairs = sum(len(shard) for plan in plans for assignment in plan for shard in assignment)
     if rank == 0:
         from ray.experimental.tqdm_ray import tqdm
 
-        total_pairs = sum(len(shard) for plan in plans for assignment in plan for shard in assignment)
         progress = tqdm(total=total_pairs, desc="train", unit="pair")
     metrics_log: list[dict] = []
     step = 0
     started = time.perf_counter()
     pairs_seen = tokens_seen = 0
-    window_loss, window_correct, window_pairs = 0.0, 0, 0
+    window_loss, window_correct, window_pairs, window_hard_pairs = 0.0, 0, 0, 0
     eval_every = trainer_cfg.get("eval_every") or 0
     log_every = trainer_cfg.get("log_every") or 10
     for epoch, plan in enumerate(plans):
@@ -95,8 +95,9 @@ def train_loop_per_worker(config: dict) -> None:
             groups = [train_groups[i] for i in assignment[rank]]
             batch = collate(groups, tokenizer.pad_token_id, layout)
             inputs = {k: v.to(device) for k, v in batch.model_inputs().items()}
-            rewards = forward(**inputs).view(-1, batch.group_size)
-            loss = loss_fn(rewards)
+            rewards, mask = batch.per_group(forward(**inputs))
+            loss_inputs = LossInputs.from_groups(groups, rewards, mask)
+            loss = loss_fn(loss_inputs)
             if engine is not None:
                 engine.backward(loss)
                 engine.step()
@@ -111,20 +112,28 @@ def train_loop_per_worker(config: dict) -> None:
             pairs_seen += step_pairs
             tokens_seen += batch.real_tokens * world  # other workers carry about as many
             window_loss += loss.item() * len(groups)
-            window_correct += int((rewards[:, 0] > rewards[:, 1]).sum().item())
+            first, second, _, _ = loss_inputs.pair_rewards()
+            window_correct += int((first > second).sum().item())
             window_pairs += len(groups)
+            window_hard_pairs += len(first)
             if progress is not None:
                 progress.update(step_pairs)
             if step % log_every == 0 or step == total_steps:
                 elapsed = time.perf_counter() - started
                 train_metrics = {"train/loss": window_loss / window_pairs,
-                                 "train/accuracy": window_correct / window_pairs,
+                                 "train/accuracy": window_correct / max(window_hard_pairs, 1),
                                  "train/lr": scheduler.get_last_lr()[0],
                                  "train/pairs_per_s": pairs_seen / elapsed,
                                  "train/tokens_per_s": tokens_seen / elapsed,
                                  "train/epoch": epoch + step / max(len(plan), 1) / epochs}
-                window_loss, window_correct, window_pairs = 0.0, 0, 0
+                window_loss, window_correct, window_pairs, window_hard_pairs = 0.0, 0, 0, 0
                 metrics_log.append({"step": step, **train_metrics})
+                if rank == 0:
+                    done = pairs_seen / total_pairs
+                    eta = elapsed / done - elapsed if done else float("nan")
+                    print(f"step {step}/{total_steps} | {pairs_seen}/{total_pairs} examples | "
+                          f"loss {train_metrics['train/loss']:.4f} | {train_metrics['train/pairs_per_s']:.2f} examples/s "
+                          f"| ETA {eta / 60:.1f} min", flush=True)
                 if tracker:
                     tracker.log(train_metrics, step=step)
             if eval_every and step % eval_every == 0 and step < total_steps:
@@ -133,8 +142,7 @@ def train_loop_per_worker(config: dict) -> None:
                 if tracker:
                     tracker.log({f"dev/{k}": v for k, v in dev.items()}, step=step)
                 if rank == 0:
-                    print(f"[step {step}/{total_steps}] dev accuracy {dev['accuracy']:.3f} "
-                          f"margin {dev['mean_margin']:.3f}", flush=True)
+                    print(f"[step {step}/{total_steps}] dev: {headline(dev)}", flush=True)
     if progress is not None:
         progress.close()
     train_seconds = time.perf_counter() - started
@@ -158,7 +166,7 @@ def train_loop_per_worker(config: dict) -> None:
         checkpoint = None
         if rank == 0:
             metadata = {**config["metadata"], "dev_metrics": dev, "steps": step,
-                        "reward_mean": dev["reward_mean"], "reward_std": dev["reward_std"],
+                        "reward_mean": dev.get("reward_mean"), "reward_std": dev.get("reward_std"),
                         "train_seconds": train_seconds, "metrics_log": metrics_log}
             save_checkpoint(model, tokenizer, tmp, metadata, state_dict=state_dict)
             checkpoint = Checkpoint.from_directory(tmp)
@@ -175,14 +183,18 @@ def evaluate_pairs(forward, groups, plan, rank, world, pad_id, layout, device) -
             batch = collate([groups[i] for i in mine], pad_id, layout)
             rewards = forward(**{k: v.to(device) for k, v in batch.model_inputs().items()})
             indices.extend(mine)
-            scores.extend(rewards.view(-1, batch.group_size).cpu().tolist())
+            flat = rewards.cpu().tolist()
+            offsets = [0]
+            for size in batch.group_sizes:
+                offsets.append(offsets[-1] + size)
+            scores.extend(flat[a:b] for a, b in zip(offsets, offsets[1:]))
     if world > 1:
         gathered: list = [None] * world
         dist.all_gather_object(gathered, (indices, scores))
         indices = [i for part in gathered for i in part[0]]
         scores = [s for part in gathered for s in part[1]]
-    ordered = torch.tensor([s for _, s in sorted(zip(indices, scores))])
-    return pair_metrics(ordered[:, 0], ordered[:, 1])
+    by_index = dict(zip(indices, scores))
+    return group_metrics(groups, [by_index[i] for i in range(len(groups))])
 
 
 def _build_optimizer(model, trainer_cfg: dict, total_steps: int):

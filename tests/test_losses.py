@@ -1,4 +1,4 @@
-"""Loss values against hand-computed numbers."""
+"""Every loss against hand-computed values, its gradients, limits and start-up checks."""
 
 from __future__ import annotations
 
@@ -7,27 +7,149 @@ import math
 import pytest
 import torch
 
-from rlhf_rm.losses import build_loss
+from rlhf_rm.batching.tokenize import EncodedGroup
+from rlhf_rm.losses import LOSSES, LossDataMismatch, LossInputs, build_loss, check_loss_fits_data
 
 
-def test_bradley_terry_matches_hand_computation():
-    rewards = torch.tensor([[2.0, 0.5], [-1.0, 1.0]])
-    expected = (math.log(1 + math.exp(-1.5)) + math.log(1 + math.exp(2.0))) / 2
-    assert build_loss({"name": "bradley_terry"})(rewards).item() == pytest.approx(expected, rel=1e-6)
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
 
 
-def test_bradley_terry_is_stable_at_large_margins():
-    rewards = torch.tensor([[1e4, -1e4], [-1e4, 1e4]])
-    value = build_loss({"name": "bradley_terry"})(rewards)
-    assert torch.isfinite(value) and value.item() == pytest.approx(1e4, rel=1e-6)
+def pair_inputs(rewards, probability=None, margin=None) -> LossInputs:
+    rewards = torch.tensor(rewards, dtype=torch.float64, requires_grad=True)
+    groups = [EncodedGroup([], [[1], [2]], probability=1.0 if probability is None else probability[i],
+                           margin=None if margin is None else margin[i]) for i in range(len(rewards))]
+    return LossInputs.from_groups(groups, rewards, torch.ones_like(rewards, dtype=torch.bool))
 
 
-def test_regularized_adds_centring_penalty():
-    rewards = torch.tensor([[2.0, 0.5], [-1.0, 1.0]])
-    bt = (math.log(1 + math.exp(-1.5)) + math.log(1 + math.exp(2.0))) / 2
-    penalty = ((2.5) ** 2 + 0.0 ** 2) / 2
-    loss = build_loss({"name": "regularized", "coefficient": 0.1})(rewards)
-    assert loss.item() == pytest.approx(bt + 0.1 * penalty, rel=1e-6)
+def ranking_inputs(rows: list[list[float]], ranks: list[list[int]]) -> LossInputs:
+    k_max = max(len(r) for r in rows)
+    matrix = torch.zeros(len(rows), k_max, dtype=torch.float64)
+    mask = torch.zeros(len(rows), k_max, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        matrix[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
+        mask[i, : len(row)] = True
+    matrix.requires_grad_(True)
+    groups = [EncodedGroup([], [[1]] * len(r), kind="ranking", ranks=tuple(k)) for r, k in zip(rows, ranks)]
+    return LossInputs.from_groups(groups, matrix, mask)
+
+
+REWARDS = [[2.0, 0.5], [-1.0, 1.0]]
+BT = (softplus(-1.5) + softplus(2.0)) / 2
+
+
+def test_bradley_terry_value():
+    assert build_loss({"name": "bradley_terry"})(pair_inputs(REWARDS)).item() == pytest.approx(BT, rel=1e-9)
+
+
+def test_bradley_terry_gradient_is_analytic_sigmoid():
+    inputs = pair_inputs(REWARDS)
+    build_loss({"name": "bradley_terry"})(inputs).backward()
+    delta = torch.tensor([1.5, -2.0], dtype=torch.float64)
+    expected = -torch.sigmoid(-delta) / 2  # d/dΔ of −log σ(Δ) = −σ(−Δ), averaged over 2 pairs
+    torch.testing.assert_close(inputs.rewards.grad[:, 0], expected)
+    torch.testing.assert_close(inputs.rewards.grad[:, 1], -expected)
+
+
+def test_regularized_value():
+    loss = build_loss({"name": "regularized", "coefficient": 0.1})(pair_inputs(REWARDS))
+    assert loss.item() == pytest.approx(BT + 0.1 * (2.5 ** 2 + 0.0 ** 2) / 2, rel=1e-9)
+
+
+def test_margin_value_with_data_and_constant_margins():
+    data = build_loss({"name": "margin", "margin": None})(pair_inputs(REWARDS, margin=[1.0, 0.5]))
+    assert data.item() == pytest.approx((softplus(-(1.5 - 1.0)) + softplus(2.0 + 0.5)) / 2, rel=1e-9)
+    constant = build_loss({"name": "margin", "margin": 2.0})(pair_inputs(REWARDS))
+    assert constant.item() == pytest.approx((softplus(0.5) + softplus(4.0)) / 2, rel=1e-9)
+
+
+def test_hinge_value():
+    loss = build_loss({"name": "hinge", "margin": 1.0})(pair_inputs([[2.0, 0.5], [-1.0, 1.0], [0.0, -0.4]]))
+    assert loss.item() == pytest.approx((0.0 + 3.0 + 0.6) / 3, rel=1e-9)
+
+
+def test_soft_label_value_and_p1_equals_bradley_terry():
+    p = [0.7, 0.5]
+    loss = build_loss({"name": "soft_label"})(pair_inputs(REWARDS, probability=p))
+    expected = ((0.7 * softplus(-1.5) + 0.3 * softplus(1.5)) + (0.5 * softplus(2.0) + 0.5 * softplus(-2.0))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+    certain = build_loss({"name": "soft_label"})(pair_inputs(REWARDS, probability=[1.0, 1.0]))
+    assert certain.item() == pytest.approx(BT, rel=1e-9)
+
+
+def test_pairwise_losses_skip_ties():
+    inputs = pair_inputs([[2.0, 0.5], [3.0, -3.0]], probability=[1.0, 0.5])
+    assert build_loss({"name": "bradley_terry"})(inputs).item() == pytest.approx(softplus(-1.5), rel=1e-9)
+
+
+def test_plackett_luce_k2_equals_bradley_terry():
+    rows = [[2.0, 0.5], [-1.0, 1.0]]
+    pl = build_loss({"name": "plackett_luce"})(ranking_inputs(rows, [[0, 1], [0, 1]]))
+    assert pl.item() == pytest.approx(BT, rel=1e-9)
+    pl_pairs = build_loss({"name": "plackett_luce"})(pair_inputs(rows))
+    assert pl_pairs.item() == pytest.approx(BT, rel=1e-9)
+
+
+def test_plackett_luce_value_k3_and_padding():
+    r = [1.0, 3.0, 0.0]  # ranks say response 1 is best, then 0, then 2
+    expected = (math.log(sum(math.exp(x) for x in r)) - 3.0) + (math.log(math.exp(1.0) + math.exp(0.0)) - 1.0)
+    inputs = ranking_inputs([r, [0.3, 0.1]], [[1, 0, 2], [0, 1]])
+    loss = build_loss({"name": "plackett_luce"})(inputs)
+    assert loss.item() == pytest.approx((expected + softplus(-0.2)) / 2, rel=1e-9)
+    loss.backward()
+    assert torch.isfinite(inputs.rewards.grad).all()
+    assert inputs.rewards.grad[1, 2] == 0  # padding gets no gradient
+
+
+def test_pairwise_all_counts_and_weights_prompts_equally():
+    big = [3.0, 2.0, 1.0, 0.0]  # K = 4: 6 pairs
+    small = [0.0, 1.0]  # K = 2: 1 pair, ranked wrongly
+    inputs = ranking_inputs([big, small], [[0, 1, 2, 3], [0, 1]])
+    loss = build_loss({"name": "pairwise_all"})(inputs)
+    big_pairs = [softplus(-(big[i] - big[j])) for i in range(4) for j in range(i + 1, 4)]
+    assert len(big_pairs) == 6
+    assert loss.item() == pytest.approx((sum(big_pairs) / 6 + softplus(1.0)) / 2, rel=1e-9)
+
+
+def test_pairwise_all_skips_tied_ranks():
+    inputs = ranking_inputs([[1.0, 0.0, 5.0]], [[0, 1, 1]])  # responses 1 and 2 tie
+    loss = build_loss({"name": "pairwise_all"})(inputs)
+    assert loss.item() == pytest.approx((softplus(-1.0) + softplus(4.0)) / 2, rel=1e-9)
+
+
+def test_combo_is_weighted_sum():
+    config = {"name": "combo", "terms": [{"weight": 0.8, "loss": {"name": "bradley_terry"}},
+                                         {"weight": 0.2, "loss": {"name": "regularized", "coefficient": 1.0}}]}
+    loss = build_loss(config)(pair_inputs(REWARDS))
+    assert loss.item() == pytest.approx(0.8 * BT + 0.2 * (BT + (2.5 ** 2) / 2), rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["bradley_terry", "regularized", "soft_label", "plackett_luce", "pairwise_all",
+                                  "hinge", "margin"])
+def test_stable_at_huge_margins(name):
+    config = {"name": name, **({"margin": 1.0} if name in ("margin", "hinge") else {})}
+    inputs = pair_inputs([[1e4, -1e4], [-1e4, 1e4]])
+    loss = build_loss(config)(inputs)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(inputs.rewards.grad).all()
+
+
+def test_every_registered_loss_has_a_conf_file():
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "loss"
+    assert {p.stem for p in conf.glob("*.yaml")} == set(LOSSES)
+
+
+def test_mismatch_is_a_startup_error():
+    with pytest.raises(LossDataMismatch, match="bradley_terry.*ranking"):
+        check_loss_fits_data(build_loss({"name": "bradley_terry"}), {"pair", "ranking"}, set())
+    with pytest.raises(LossDataMismatch, match="margin"):
+        check_loss_fits_data(build_loss({"name": "margin", "margin": None}), {"pair"}, set())
+    check_loss_fits_data(build_loss({"name": "plackett_luce"}), {"pair", "ranking"}, set())
+    combo = build_loss({"name": "combo", "terms": [{"weight": 1, "loss": {"name": "bradley_terry"}},
+                                                   {"weight": 1, "loss": {"name": "pairwise_all"}}]})
+    check_loss_fits_data(combo, {"pair", "ranking"}, set())
 
 
 def test_unknown_loss_is_a_clear_error():

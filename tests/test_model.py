@@ -81,7 +81,7 @@ def test_prefix_shared_rows_equal_separate_rows(tiny_model, tiny_tokenizer):
     outputs = []
     for batch in (shared, separate):
         tiny_model.zero_grad()
-        rewards = tiny_model(**batch.model_inputs()).view(-1, batch.group_size)
+        rewards, _ = batch.per_group(tiny_model(**batch.model_inputs()))
         rewards.sum().backward()
         outputs.append(rewards.detach())
         grads.append(torch.cat([p.grad.flatten() for p in tiny_model.parameters() if p.grad is not None]))

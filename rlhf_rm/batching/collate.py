@@ -26,18 +26,23 @@ class ModelBatch:
     position_ids: torch.Tensor  # [rows, T]
     score_rows: torch.Tensor  # [N] row of each scored response's last token
     score_cols: torch.Tensor  # [N] column of that token
-    group_size: int  # K: rewards.view(-1, K) gives one row per group, responses in input order
+    group_sizes: list[int]  # K of each group; scored responses come group by group, in input order
     real_tokens: int  # non-pad tokens in the batch, for throughput reports
 
     def model_inputs(self) -> dict:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
                 "position_ids": self.position_ids, "score_rows": self.score_rows, "score_cols": self.score_cols}
 
+    def per_group(self, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat rewards [N] → padded [groups, K_max] and a mask of the real entries."""
+        k_max = max(self.group_sizes)
+        sizes = torch.tensor(self.group_sizes, device=rewards.device)
+        mask = torch.arange(k_max, device=rewards.device).unsqueeze(0) < sizes.unsqueeze(1)
+        matrix = rewards.new_zeros(len(self.group_sizes), k_max).masked_scatter(mask, rewards)
+        return matrix, mask
+
 
 def collate(groups: list[EncodedGroup], pad_id: int, layout: str = "prefix_shared") -> ModelBatch:
-    sizes = {len(g.response_ids) for g in groups}
-    if len(sizes) != 1:
-        raise ValueError(f"all groups in a batch need the same number of responses, got {sorted(sizes)}")
     if layout == "prefix_shared":
         return _collate_prefix_shared(groups, pad_id)
     if layout == "separate":
@@ -46,7 +51,6 @@ def collate(groups: list[EncodedGroup], pad_id: int, layout: str = "prefix_share
 
 
 def _collate_separate(groups: list[EncodedGroup], pad_id: int) -> ModelBatch:
-    k = len(groups[0].response_ids)
     sequences = [g.prompt_ids + r for g in groups for r in g.response_ids]
     width = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -58,11 +62,10 @@ def _collate_separate(groups: list[EncodedGroup], pad_id: int) -> ModelBatch:
     position_ids = torch.arange(width).expand(len(sequences), width).clone()
     return ModelBatch(input_ids, attention_mask, position_ids,
                       score_rows=torch.arange(len(sequences)), score_cols=lengths - 1,
-                      group_size=k, real_tokens=int(lengths.sum()))
+                      group_sizes=[len(g.response_ids) for g in groups], real_tokens=int(lengths.sum()))
 
 
 def _collate_prefix_shared(groups: list[EncodedGroup], pad_id: int) -> ModelBatch:
-    k = len(groups[0].response_ids)
     width = max(g.shared_length() for g in groups)
     rows = len(groups)
     input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
@@ -90,4 +93,4 @@ def _collate_prefix_shared(groups: list[EncodedGroup], pad_id: int) -> ModelBatc
     real = sum(g.shared_length() for g in groups)
     return ModelBatch(input_ids, mask.unsqueeze(1), position_ids,
                       score_rows=torch.tensor(score_rows), score_cols=torch.tensor(score_cols),
-                      group_size=k, real_tokens=real)
+                      group_sizes=[len(g.response_ids) for g in groups], real_tokens=real)

@@ -5,19 +5,27 @@ Training and serving both go through `ResponseEncoder`, so a (prompt, response) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from rlhf_rm.data.examples import PreferencePair, Text
+from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses, Text
 
 
 @dataclass
 class EncodedGroup:
-    """A prompt and K responses to it, as token ids (K = 2 for a pair: chosen first, rejected second)."""
+    """A prompt and K responses to it, as token ids, with what the losses and metrics need.
+
+    A pair has K = 2, chosen first; a ranking has `ranks` (0 = best, equal = tie) in response order.
+    """
 
     prompt_ids: list[int]
     response_ids: list[list[int]]
     prompt_truncated: bool = False
     response_truncated: bool = False
+    kind: str = "pair"  # "pair" | "ranking"
+    ranks: tuple = (0, 1)
+    probability: float = 1.0  # pairs: P(first ≻ second); 0.5 is a tie
+    margin: float | None = None
+    source: str = ""
 
     def shared_length(self) -> int:
         """Tokens when the prompt is computed once for all responses."""
@@ -71,7 +79,14 @@ class ResponseEncoder:
         return self.truncate(EncodedGroup(prompt_ids, response_ids))
 
     def encode_pair(self, pair: PreferencePair) -> EncodedGroup:
-        return self.encode_group(pair.prompt, [pair.chosen, pair.rejected])
+        return self.encode_example(pair)
+
+    def encode_example(self, example: Example, source: str = "") -> EncodedGroup:
+        if isinstance(example, RankedResponses):
+            group = self.encode_group(example.prompt, example.responses)
+            return replace(group, kind="ranking", ranks=tuple(example.ranks), source=source)
+        group = self.encode_group(example.prompt, [example.chosen, example.rejected])
+        return replace(group, probability=example.probability, margin=example.margin, source=source)
 
     def truncate(self, group: EncodedGroup) -> EncodedGroup:
         """Fit every prompt+response into max_length: cut the prompt from the left (keeping its
@@ -85,9 +100,8 @@ class ResponseEncoder:
         response_limit = limit - keep_prompt
         response_truncated = longest > response_limit
         response_ids = [r[:response_limit] for r in group.response_ids]
-        return EncodedGroup(prompt_ids, response_ids,
-                            prompt_truncated=keep_prompt < len(group.prompt_ids),
-                            response_truncated=response_truncated)
+        return replace(group, prompt_ids=prompt_ids, response_ids=response_ids,
+                       prompt_truncated=keep_prompt < len(group.prompt_ids), response_truncated=response_truncated)
 
 
 def _common_prefix(a: str, b: str) -> str:

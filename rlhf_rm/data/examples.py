@@ -11,9 +11,29 @@ Text = Union[str, list]
 
 @dataclass(frozen=True)
 class PreferencePair:
-    """One human judgement: `chosen` was preferred over `rejected` as a reply to `prompt`."""
+    """One human judgement: `chosen` was preferred over `rejected` as a reply to `prompt`.
+
+    probability: P(chosen ≻ rejected) for soft labels (0.5 = a tie); 1.0 for a plain preference.
+    margin: how much better chosen is (e.g. a grade difference), for margin losses; None if unknown.
+    """
 
     prompt: Text
     chosen: Text
     rejected: Text
     origin: str  # "file:line" of the row it came from, for error messages and reports
+    probability: float = 1.0
+    margin: float | None = None
+
+
+@dataclass(frozen=True)
+class RankedResponses:
+    """K responses to one prompt with human ranks (0 = best; equal ranks are ties)."""
+
+    prompt: Text
+    responses: list
+    ranks: list
+    origin: str
+    scores: list | None = None  # human scores behind the ranks (e.g. mean grades), when known
+
+
+Example = Union[PreferencePair, RankedResponses]

@@ -1,7 +1,9 @@
 """Turn one decoded row into a PreferencePair, accepting the common preference-data layouts.
 
 Layouts:
-  explicit  {"prompt", "chosen", "rejected"}: strings, or chat message lists
+  explicit  {"prompt", "chosen", "rejected"}: strings, or chat message lists; optional
+            "probability" (soft label in [0, 1], 0.5 = tie) and "margin" (a number)
+  ranking   {"prompt", "responses": [...], "ranks": [...]}: K responses, ranks a permutation (0 = best)
   implicit  {"chosen", "rejected"}: two full texts sharing a dialogue prefix (HH-RLHF style);
             the prompt is the shared text up to the last prompt separator ("\\n\\nAssistant:"),
             or the shared leading messages for chat lists (TRL's implicit-prompt format).
@@ -12,11 +14,37 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from rlhf_rm.data.examples import PreferencePair
+from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses
 
 
 class RowError(ValueError):
     """A row that cannot become an example; the message says what is wrong (without the location)."""
+
+
+def parse_row(row: Any, origin: str, prompt_separator: str = "\n\nAssistant:") -> Example:
+    """A pair or a ranking, whichever layout the row has."""
+    if isinstance(row, dict) and ("responses" in row or "ranks" in row):
+        return parse_ranking(row, origin)
+    return parse_pair(row, origin, prompt_separator)
+
+
+def parse_ranking(row: dict, origin: str) -> RankedResponses:
+    for key in ("prompt", "responses", "ranks"):
+        if key not in row:
+            raise RowError(f"missing key {key!r} (keys present: {sorted(row)})")
+    prompt, responses, ranks = row["prompt"], row["responses"], row["ranks"]
+    _check_text("prompt", prompt, allow_empty=True)
+    if not isinstance(responses, list) or len(responses) < 2:
+        raise RowError("'responses' must be a list of at least 2 responses")
+    for position, response in enumerate(responses):
+        _check_text(f"responses[{position}]", response)
+    if not isinstance(ranks, list) or any(isinstance(r, bool) or not isinstance(r, int) for r in ranks):
+        raise RowError("'ranks' must be a list of integers")
+    if sorted(ranks) != list(range(len(responses))):
+        raise RowError(f"'ranks' must be a permutation of 0..{len(responses) - 1}, got {ranks}")
+    if len({_freeze(r) for r in responses}) != len(responses):
+        raise RowError("'responses' contains identical responses")
+    return RankedResponses(prompt=prompt, responses=list(responses), ranks=list(ranks), origin=origin)
 
 
 def parse_pair(row: Any, origin: str, prompt_separator: str = "\n\nAssistant:") -> PreferencePair:
@@ -44,7 +72,16 @@ def parse_pair(row: Any, origin: str, prompt_separator: str = "\n\nAssistant:") 
         raise RowError("chosen and rejected must both be strings or both be chat message lists")
     if chosen == rejected:
         raise RowError("chosen and rejected responses are identical")
-    return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, origin=origin)
+    probability = row.get("probability", 1.0)
+    if probability is None:
+        probability = 1.0
+    if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0.0 <= probability <= 1.0:
+        raise RowError(f"'probability' must be a number in [0, 1], got {probability!r}")
+    margin = row.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
+        raise RowError(f"'margin' must be a number, got {margin!r}")
+    return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, origin=origin,
+                          probability=float(probability), margin=None if margin is None else float(margin))
 
 
 def split_shared_prompt(chosen: str, rejected: str, separator: str) -> tuple[str, str, str]:
@@ -62,6 +99,10 @@ def split_shared_messages(chosen: list, rejected: list) -> tuple[list, list, lis
     # The responses must keep at least their last message each.
     shared = min(shared, len(chosen) - 1, len(rejected) - 1)
     return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def _freeze(text: Any) -> str:
+    return text if isinstance(text, str) else repr(text)
 
 
 def _check_text(key: str, value: Any, allow_empty: bool = False) -> None:

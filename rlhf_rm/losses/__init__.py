@@ -1,7 +1,7 @@
 """Ranking losses, one module per family; the registry key is the Hydra `loss=` name."""
 
-from rlhf_rm.losses.registry import LOSSES, build_loss, register_loss
-from rlhf_rm.losses import bradley_terry as _bradley_terry  # noqa: F401  (registers)
-from rlhf_rm.losses import regularized as _regularized  # noqa: F401  (registers)
+from rlhf_rm.losses import bradley_terry, combo, listwise, margin, regularized, soft_label  # noqa: F401  (register)
+from rlhf_rm.losses.inputs import LossInputs
+from rlhf_rm.losses.registry import LOSSES, LossDataMismatch, build_loss, check_loss_fits_data, register_loss
 
-__all__ = ["LOSSES", "build_loss", "register_loss"]
+__all__ = ["LOSSES", "LossDataMismatch", "LossInputs", "build_loss", "check_loss_fits_data", "register_loss"]

