@@ -17,7 +17,7 @@ install: .venv/.installed
 	touch $@
 
 train: install
-	$(PY) -m rlhf_rm.train $(ARGS)
+	$(PY) -m rlhf_rm.train experiment=quickstart $(ARGS)
 
 test: install
 	$(PY) -m pytest tests $(ARGS)
