@@ -3,6 +3,9 @@
     python -m rlhf_rm.evaluate CHECKPOINT data.dev=../shared/data/hh-rlhf-harmless/dev.jsonl
     python -m rlhf_rm.evaluate CHECKPOINT 'data.dev=[a.jsonl,b.jsonl]' hydra.run.dir=reports/run1
 
+data.dev takes what training takes: a path, or a list of paths or source mappings (conf/data/mix.yaml);
+each source is one row of the per-source accuracy table.
+
 Writes to the Hydra run dir (conf/evaluate.yaml): report.md (read this first), report.json (every
 number), scores.jsonl (one line per pair), reliability.png, reward_histograms.png,
 accuracy_by_length.png, reward_vs_length.png.
@@ -20,9 +23,10 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rlhf_rm.data import load_pairs
+from rlhf_rm.data.load import normalize_source
 from rlhf_rm.diagnostics import diagnose
 
 PLOTS = {
@@ -49,19 +53,14 @@ class ScoredPairs:
     rejected_texts: list[str]
 
 
-def source_of(origin: str) -> str:
-    """The file part of an origin ("path:line" or "path:row N")."""
-    return origin.rsplit(":", 1)[0]
-
-
-def score_pairs(scorer, pairs) -> ScoredPairs:
+def score_pairs(scorer, pairs, sources: list[str]) -> ScoredPairs:
     encoded = []
     for pair in pairs:
         encoded += [scorer.encode(pair.prompt, pair.chosen), scorer.encode(pair.prompt, pair.rejected)]
     scores = scorer.score_encoded(encoded)
     return ScoredPairs(
         origins=[p.origin for p in pairs],
-        sources=[source_of(p.origin) for p in pairs],
+        sources=list(sources),
         chosen=scores[0::2], rejected=scores[1::2],
         chosen_lengths=[len(e.response_ids[0]) for e in encoded[0::2]],
         rejected_lengths=[len(e.response_ids[0]) for e in encoded[1::2]],
@@ -81,7 +80,7 @@ def _plain(text) -> str:
 
 # -- report ----------------------------------------------------------------------------------------
 
-def build_report(scored: ScoredPairs, checkpoint: str, files: list[str], data_summary: dict,
+def build_report(scored: ScoredPairs, checkpoint: str, sources: list[str], data_summary: dict,
                  bins: int = 10, worst_k: int = 10, length_edges=(0, 32, 64, 128, 256, 512)) -> dict:
     diagnostics = diagnose(scored.chosen, scored.rejected, scored.chosen_lengths, scored.rejected_lengths,
                            sources=scored.sources, ids=scored.origins, k=worst_k, bins=bins,
@@ -91,7 +90,7 @@ def build_report(scored: ScoredPairs, checkpoint: str, files: list[str], data_su
         row["prompt_end"] = _snippet(scored.prompts[i], tail=True)
         row["chosen_text"] = _snippet(scored.chosen_texts[i])
         row["rejected_text"] = _snippet(scored.rejected_texts[i])
-    return {"checkpoint": checkpoint, "files": files, "data": data_summary,
+    return {"checkpoint": checkpoint, "sources": sources, "data": data_summary,
             "truncated_texts": scored.truncated, **diagnostics}
 
 
@@ -215,9 +214,10 @@ def render_markdown(report: dict) -> str:
         "# Reward model evaluation",
         "",
         f"- checkpoint: `{report['checkpoint']}`",
-        f"- data: {', '.join(f'`{f}`' for f in report['files'])}",
+        f"- data: {', '.join(f'`{f}`' for f in report['sources'])}",
         f"- pairs: {rewards['pairs']} used of {report['data'].get('rows_read', rewards['pairs'])} rows read "
-        f"({report['data'].get('quarantined', 0)} quarantined); {report['truncated_texts']} texts truncated",
+        f"({report['data'].get('quarantined', 0)} quarantined, {report['data'].get('ties_skipped', 0)} tied pairs "
+        f"left out); {report['truncated_texts']} texts truncated",
         "",
         "| metric | value |",
         "|---|---|",
@@ -280,6 +280,40 @@ def render_markdown(report: dict) -> str:
 
 # -- entry point -----------------------------------------------------------------------------------
 
+def dev_sources(entries) -> list[tuple[str, dict]]:
+    """data.dev → (label, source spec): a path, or a mapping as in conf/data/mix.yaml. The label is the
+    mapping's `name` when given, else the file path. Rankings are scored as all their ranked pairs."""
+    if isinstance(entries, (str, DictConfig)):
+        entries = [entries]
+    sources = []
+    for entry in entries:
+        entry = OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else entry
+        spec = normalize_source(entry)
+        spec["path"] = to_absolute_path(spec["path"])
+        spec["as_pairs"] = spec["as_pairs"] or "all"
+        label = entry["name"] if isinstance(entry, dict) and "name" in entry else spec["path"]
+        sources.append((label, spec))
+    return sources
+
+
+def load_dev_pairs(cfg: DictConfig, report_dir: Path) -> tuple[list, list[str], dict]:
+    """Pairs with their source labels, ties (P = 0.5: no preferred side) left out and counted."""
+    pairs, labels, summary = [], [], {"rows_read": 0, "used": 0, "quarantined": 0, "ties_skipped": 0, "sources": {}}
+    for label, spec in dev_sources(cfg.data.dev):
+        loaded, data_report = load_pairs([spec], on_error=cfg.data.on_error, limit=cfg.data.dev_limit,
+                                         quarantine_path=report_dir / f"quarantine_{len(summary['sources'])}.jsonl",
+                                         prompt_separator=cfg.data.prompt_separator)
+        kept = [p for p in loaded if getattr(p, "probability", 1.0) != 0.5]
+        pairs += kept
+        labels += [label] * len(kept)
+        counts = data_report.as_dict()
+        for key in ("rows_read", "used", "quarantined"):
+            summary[key] += counts[key]
+        summary["ties_skipped"] += len(loaded) - len(kept)
+        summary["sources"][label] = counts
+    return pairs, labels, summary
+
+
 def evaluate(cfg: DictConfig, report_dir: Path) -> dict:
     import torch
 
@@ -287,19 +321,15 @@ def evaluate(cfg: DictConfig, report_dir: Path) -> dict:
 
     started = time.perf_counter()
     checkpoint = to_absolute_path(cfg.checkpoint)
-    dev = cfg.data.dev
-    files = [to_absolute_path(p) for p in ([dev] if isinstance(dev, str) else list(dev))]
     report_dir.mkdir(parents=True, exist_ok=True)
-    pairs, data_report = load_pairs(files, on_error=cfg.data.on_error, limit=cfg.data.dev_limit,
-                                    quarantine_path=report_dir / "quarantine.jsonl",
-                                    prompt_separator=cfg.data.prompt_separator)
+    pairs, labels, data_summary = load_dev_pairs(cfg, report_dir)
     if not pairs:
-        raise ValueError(f"no usable pairs in {files}")
+        raise ValueError(f"no usable pairs in data.dev={cfg.data.dev}")
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     scorer = RewardScorer(checkpoint, max_length=cfg.max_length, tokens_per_batch=cfg.tokens_per_batch,
                           device=device)
-    scored = score_pairs(scorer, pairs)
-    report = build_report(scored, checkpoint, files, data_report.as_dict(), bins=cfg.report.bins,
+    scored = score_pairs(scorer, pairs, labels)
+    report = build_report(scored, checkpoint, list(data_summary["sources"]), data_summary, bins=cfg.report.bins,
                           worst_k=cfg.report.worst_k, length_edges=list(cfg.report.length_edges))
     report["seconds"] = time.perf_counter() - started
     markdown = write_report(report, scored, report_dir)
