@@ -79,7 +79,7 @@ def texts():
 
 @pytest.fixture(scope="module")
 def pool(checkpoints):
-    import cloudpickle
+    from ray import cloudpickle
     import ray
     from ray import serve
 

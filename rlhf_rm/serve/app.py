@@ -25,8 +25,6 @@ def build_app(config: ServeConfig):
         max_ongoing_requests=config.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.num_cpus_per_replica},
         user_config=dataclasses.asdict(config.live),
-        # Fixed so that a change of live settings alone is an in-place reconfigure, not a restart.
-        version="rlhf_rm-scoring-1",
         **scaling,
     )
     return deployment.bind(max_texts_per_request=config.max_texts_per_request, max_body_bytes=config.max_body_bytes,

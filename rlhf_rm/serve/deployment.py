@@ -6,8 +6,8 @@ callers into one call, which `RewardScorer.score_encoded` sorts by length and cu
 not depend on its batch mates.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the body models as real classes
+# through Serve's ingress wrapper, not as strings.
 import asyncio
 import hashlib
 import hmac

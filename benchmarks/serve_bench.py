@@ -1,0 +1,188 @@
+"""Serving pool throughput and latency against the bare model forward, measured in one run on one model.
+
+    python benchmarks/serve_bench.py                       # a built-in small random Llama (no downloads)
+    python benchmarks/serve_bench.py --checkpoint outputs/main_320/checkpoint --texts 64 --max-length 64
+
+Rows: bare forward (RewardScorer.score_encoded on pre-tokenized texts, best tokens-per-forward of a sweep),
+then the pool through a DeploymentHandle and through HTTP, fed by many concurrent callers; then latency
+of single-text requests at low (1 caller) and high concurrency. One replica with the same torch threads
+as the bare forward, so the ratio is the pool's overhead and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def fixture_pairs() -> tuple[list[str], list[str]]:
+    prompts, responses = [], []
+    for name in ("hh_train_small.jsonl", "hh_dev_small.jsonl"):
+        for line in (FIXTURES / name).read_text().splitlines():
+            for text in json.loads(line).values():
+                if not isinstance(text, str) or "\n\nAssistant:" not in text:
+                    continue
+                cut = text.rfind("\n\nAssistant:") + len("\n\nAssistant:")
+                prompts.append(text[:cut])
+                responses.append(text[cut:])
+    return prompts, responses
+
+
+def build_bench_checkpoint(directory: Path, hidden: int, layers: int) -> str:
+    import torch
+
+    from rlhf_rm.model import load_reward_model, load_tokenizer, save_checkpoint
+    from rlhf_rm.tiny import build_tiny_backbone
+
+    prompts, responses = fixture_pairs()
+    backbone = build_tiny_backbone(directory / "backbone", [p + r for p, r in zip(prompts, responses)],
+                                   hidden_size=hidden, layers=layers)
+    tokenizer = load_tokenizer(backbone)
+    torch.manual_seed(0)
+    model = load_reward_model(backbone, tokenizer, head_init_std=1.0)
+    meta = {"reward_mean": 0.0, "reward_std": 1.0, "max_length": 512, "base_model": f"random-llama-h{hidden}-l{layers}"}
+    return str(save_checkpoint(model, tokenizer, directory / "checkpoint", meta))
+
+
+def percentiles(latencies_s: list[float]) -> tuple[float, float]:
+    ms = sorted(x * 1000 for x in latencies_s)
+    return statistics.median(ms), ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))]
+
+
+def bench_bare(scorer, encoded, sweep: list[int]) -> tuple[float, int, float]:
+    """Best scores/s over tokens-per-forward settings, and the single-text forward p50 (ms)."""
+    scorer.score_encoded(encoded[:8])  # warm-up
+    best = (0.0, sweep[0])
+    for tokens in sweep:
+        scorer.tokens_per_batch = tokens
+        start = time.perf_counter()
+        scorer.score_encoded(encoded)
+        best = max(best, (len(encoded) / (time.perf_counter() - start), tokens))
+    singles = []
+    for e in encoded[:50]:
+        start = time.perf_counter()
+        scorer.score_encoded([e])
+        singles.append(time.perf_counter() - start)
+    return best[0], best[1], percentiles(singles)[0]
+
+
+async def drive(call, prompts, responses, callers: int, texts_per_request: int) -> tuple[float, list[float]]:
+    """`callers` concurrent loops share the texts, each request `texts_per_request` long: (scores/s, latencies)."""
+    requests = [(prompts[i:i + texts_per_request], responses[i:i + texts_per_request])
+                for i in range(0, len(prompts), texts_per_request)]
+    queue = list(reversed(requests))
+    latencies = []
+
+    async def loop():
+        while queue:
+            p, r = queue.pop()
+            start = time.perf_counter()
+            scores = await call(p, r)
+            latencies.append(time.perf_counter() - start)
+            assert len(scores) == len(p)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(callers)))
+    return len(prompts) / (time.perf_counter() - start), latencies
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="a trained checkpoint; default: build a random Llama")
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--texts", type=int, default=256, help="texts per throughput measurement")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, bare forward and replica alike")
+    parser.add_argument("--callers", type=int, default=32, help="concurrent callers for throughput / high load")
+    parser.add_argument("--texts-per-request", type=int, default=8)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args(argv)
+
+    import httpx
+    import ray
+    import torch
+    from ray import serve
+
+    from rlhf_rm.scoring import RewardScorer
+    from rlhf_rm.serve.app import start
+    from rlhf_rm.serve.config import LiveSettings, ServeConfig
+
+    torch.set_num_threads(args.threads)
+    workdir = Path(tempfile.mkdtemp(prefix="serve_bench_"))
+    checkpoint = args.checkpoint or build_bench_checkpoint(workdir, args.hidden, args.layers)
+    all_prompts, all_responses = fixture_pairs()
+    reps = -(-args.texts // len(all_prompts))
+    prompts, responses = (all_prompts * reps)[:args.texts], (all_responses * reps)[:args.texts]
+
+    scorer = RewardScorer(checkpoint, max_length=args.max_length)
+    encoded = [scorer.encode(p, r) for p, r in zip(prompts, responses)]
+    mean_tokens = sum(e.shared_length() for e in encoded) / len(encoded)
+    bare_rate, best_tokens, bare_single_ms = bench_bare(scorer, encoded, [1024, 2048, 4096, 8192, 16384])
+
+    ray.init(num_cpus=os.cpu_count() + 2, include_dashboard=False, log_to_driver=False)
+    os.environ.pop("RLHF_RM_SERVE_TOKEN", None)
+    config = ServeConfig(app_name="rm_bench", port=args.port, num_replicas=1, num_cpus_per_replica=1,
+                         torch_threads=args.threads,
+                         live=LiveSettings(checkpoint=checkpoint, max_length=args.max_length, max_batch_size=256,
+                                           batch_wait_timeout_s=0.005, tokens_per_forward=best_tokens))
+    handle = start(config)
+    url = f"http://127.0.0.1:{args.port}"
+
+    async def via_handle(p, r):
+        return (await handle.score.remote(p, r))["scores"]
+
+    async def run_all():
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=256)) as http:
+            async def via_http(p, r):
+                reply = await http.post("/score", json={"prompts": p, "responses": r})
+                reply.raise_for_status()
+                return reply.json()["scores"]
+
+            rows = {}
+            for name, call in (("handle", via_handle), ("http", via_http)):
+                await drive(call, prompts[:32], responses[:32], 4, 4)  # warm-up
+                rows[f"{name} throughput"] = await drive(call, prompts, responses, args.callers,
+                                                         args.texts_per_request)
+                rows[f"{name} 1 caller"] = await drive(call, prompts[:60], responses[:60], 1, 1)
+                rows[f"{name} {args.callers} callers"] = await drive(call, prompts, responses, args.callers, 1)
+            return rows
+
+    rows = asyncio.run(run_all())
+    batches = handle.info.remote().result()["batches"]
+    serve.shutdown()
+    ray.shutdown()
+
+    model = checkpoint if args.checkpoint else f"random Llama h{args.hidden} l{args.layers}"
+    print(f"\nmodel: {model}; {args.texts} texts, mean {mean_tokens:.0f} tokens (max_length {args.max_length}); "
+          f"torch threads {args.threads}; bare forward best at tokens_per_forward={best_tokens}; "
+          f"mean pool batch {batches['texts'] / max(1, batches['count']):.1f} texts\n")
+    print("| path | callers x texts/request | scores/s | vs bare | p50 ms | p99 ms |")
+    print("|---|---|---|---|---|---|")
+    print(f"| bare forward | batch of {args.texts} | {bare_rate:.0f} | 1.00 | {bare_single_ms:.2f} (1 text) | |")
+    shapes = {"throughput": f"{args.callers} x {args.texts_per_request}", "1 caller": "1 x 1",
+              f"{args.callers} callers": f"{args.callers} x 1"}
+    for key, (rate, latencies) in rows.items():
+        name, kind = key.split(" ", 1)
+        p50, p99 = percentiles(latencies)
+        print(f"| pool {name} | {shapes[kind]} | {rate:.0f} | {rate / bare_rate:.2f} | {p50:.2f} | {p99:.2f} |")
+    p50_handle = percentiles(rows["handle 1 caller"][1])[0]
+    p50_http = percentiles(rows["http 1 caller"][1])[0]
+    print(f"\np50 overhead over the bare single-text forward: handle {p50_handle - bare_single_ms:.2f} ms, "
+          f"HTTP {p50_http - bare_single_ms:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    raise SystemExit(main())
