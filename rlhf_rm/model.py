@@ -23,11 +23,12 @@ class RewardModel(nn.Module):
         self.hf_model = hf_model
 
     def forward(self, input_ids, attention_mask, position_ids, score_rows, score_cols) -> torch.Tensor:
-        backbone = self.hf_model.base_model
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False).last_hidden_state
-        picked = hidden[score_rows, score_cols]
-        return self.hf_model.score(picked.to(self.hf_model.score.weight.dtype)).squeeze(-1).float()
+        # Under LoRA the HF model is wrapped by peft; its layers are adapted in place.
+        inner = self.hf_model.get_base_model() if hasattr(self.hf_model, "get_base_model") else self.hf_model
+        hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                  use_cache=False).last_hidden_state
+        # The head runs on the N scored positions only, not on every token.
+        return inner.score(hidden[score_rows, score_cols]).squeeze(-1).float()
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -86,6 +87,25 @@ def load_reward_model(path: str, tokenizer=None, dtype: torch.dtype = torch.floa
     if head_init_std is not None and not (Path(path) / METADATA_FILE).exists():
         nn.init.normal_(hf_model.score.weight, std=head_init_std)
     return RewardModel(hf_model)
+
+
+def apply_lora(model: RewardModel, lora_cfg: dict) -> None:
+    """Train low-rank adapters instead of the backbone; the score head stays fully trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora_cfg.get("r", 16), lora_alpha=lora_cfg.get("alpha", 32),
+                        lora_dropout=lora_cfg.get("dropout", 0.0), target_modules=list(lora_cfg["target_modules"]),
+                        modules_to_save=["score"], task_type="SEQ_CLS")
+    model.hf_model = get_peft_model(model.hf_model, config)
+
+
+def merged_for_saving(model: RewardModel) -> RewardModel:
+    """A plain HF model to save: LoRA adapters are merged into a copy (training goes on with the original)."""
+    if not hasattr(model.hf_model, "merge_and_unload"):
+        return model
+    import copy
+
+    return RewardModel(copy.deepcopy(model.hf_model).merge_and_unload())
 
 
 def save_checkpoint(model: RewardModel, tokenizer, directory: str | Path, metadata: dict,

@@ -94,7 +94,7 @@ def format_data_summary(split: str, summary: dict) -> str:
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from rlhf_rm.trainer import train_loop_per_worker
@@ -137,8 +137,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                                      resources_per_worker={"CPU": cfg.trainer.cpus_per_worker,
                                                            **({"GPU": 1} if use_gpu else {})}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name=cfg.run_name, storage_path=str((run_dir / "ray").resolve()),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.trainer.keep_checkpoints)),
+        run_config=RunConfig(name=str(cfg.run_name), storage_path=str(Path(to_absolute_path(cfg.trainer.storage_path))),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.trainer.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=cfg.trainer.max_failures)),
     )
     result = trainer.fit()
     checkpoint_dir = run_dir / "checkpoint"

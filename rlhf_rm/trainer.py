@@ -1,10 +1,17 @@
-"""The per-worker training loop run by Ray Train: batches → model → loss → optimizer, eval, checkpoints."""
+"""The per-worker training loop run by Ray Train: batches → model → loss → optimizer, eval, checkpoints.
+
+Resumable: a checkpoint holds the HF model plus `train_state.pt` (optimizer, scheduler, RNG, data
+position, metric history). Batch plans are a pure function of (seed, epoch, world size), so the data
+position is just (epoch, step in epoch): a resumed run trains exactly the steps not yet trained.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -19,18 +26,18 @@ from rlhf_rm.batching.collate import collate
 from rlhf_rm.batching.planner import plan_steps
 from rlhf_rm.losses import LossInputs, build_loss
 from rlhf_rm.metrics import group_metrics, headline
-from rlhf_rm.model import load_reward_model, load_tokenizer, save_checkpoint
+from rlhf_rm.model import apply_lora, load_reward_model, load_tokenizer, merged_for_saving, save_checkpoint
 from rlhf_rm.tracking import RunTracker
+
+TRAIN_STATE_FILE = "train_state.pt"
+DEEPSPEED_DIR = "deepspeed"
 
 
 def row_length(group, layout: str) -> int:
-    """Tokens one example occupies in a row of the chosen layout (the planner's cost)."""
-    return group.shared_length() if layout == "prefix_shared" else max(
-        len(group.prompt_ids) + len(r) for r in group.response_ids)
-
-
-def rows_per_group(group, layout: str) -> int:
-    return 1 if layout == "prefix_shared" else len(group.response_ids)
+    """Tokens one example costs in the chosen layout (the planner's budget unit)."""
+    if layout == "prefix_shared":
+        return group.shared_length()
+    return max(len(group.prompt_ids) + len(r) for r in group.response_ids) * len(group.response_ids)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -40,28 +47,34 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(cfg["seed"])
     device = ray.train.torch.get_device() if trainer_cfg["use_gpu"] else torch.device("cpu")
-
-    train_groups = ray.get(config["train_ref"])
-    dev_groups = ray.get(config["dev_ref"])
-    tokenizer = load_tokenizer(config["backbone_path"])
-    model = load_reward_model(config["backbone_path"], tokenizer, head_init_std=cfg["model"].get("head_init_std"))
-    if trainer_cfg.get("gradient_checkpointing"):
-        model.hf_model.gradient_checkpointing_enable()
     layout = trainer_cfg["layout"]
     loss_fn = build_loss(cfg["loss"])
 
-    lengths = [row_length(g, layout) * rows_per_group(g, layout) for g in train_groups]
+    train_groups = ray.get(config["train_ref"])
+    dev_groups = ray.get(config["dev_ref"])
     epochs = int(trainer_cfg["epochs"])
+    lengths = [row_length(g, layout) for g in train_groups]
     plans = [plan_steps(lengths, world, trainer_cfg["tokens_per_worker"], seed=cfg["seed"] + epoch,
                         max_groups_per_worker=trainer_cfg.get("max_pairs_per_worker"))
              for epoch in range(epochs)]
     total_steps = sum(len(p) for p in plans)
-    dev_lengths = [row_length(g, layout) * rows_per_group(g, layout) for g in dev_groups]
-    dev_plan = plan_steps(dev_lengths, world, trainer_cfg["eval_tokens_per_worker"], shuffle=False)
+    dev_plan = plan_steps([row_length(g, layout) for g in dev_groups], world,
+                          trainer_cfg["eval_tokens_per_worker"], shuffle=False)
 
+    # -- model, optimizer, and where to start ----------------------------------------------------
+    resume_dir = _resume_directory(trainer_cfg)
+    state = torch.load(Path(resume_dir) / TRAIN_STATE_FILE, weights_only=False) if resume_dir else None
+    use_deepspeed = bool(cfg["deepspeed"].get("enabled"))
+    weights_from = resume_dir if resume_dir and not use_deepspeed else config["backbone_path"]
+    tokenizer = load_tokenizer(weights_from)
+    model = load_reward_model(weights_from, tokenizer, head_init_std=cfg["model"].get("head_init_std"))
+    if cfg["model"].get("lora", {}).get("enabled"):
+        apply_lora(model, cfg["model"]["lora"])
+    if trainer_cfg.get("gradient_checkpointing"):
+        model.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer, scheduler = _build_optimizer(model, trainer_cfg, total_steps)
     engine = None
-    if cfg["deepspeed"].get("enabled"):
+    if use_deepspeed:
         import deepspeed
 
         ds_config = dict(cfg["deepspeed"]["config"])
@@ -70,33 +83,71 @@ def train_loop_per_worker(config: dict) -> None:
         ds_config.setdefault("gradient_clipping", trainer_cfg["max_grad_norm"])
         engine, optimizer, _, scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        if resume_dir:
+            engine.load_checkpoint(str(Path(resume_dir) / DEEPSPEED_DIR), tag="latest_state")
         forward = engine
     else:
         model = model.to(device)
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
         forward = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+    if state is not None:
+        torch.set_rng_state(state["rng"])
 
+    start_epoch, start_step_in_epoch = (state["epoch"], state["step_in_epoch"]) if state else (0, 0)
+    step = state["step"] if state else 0
+    metrics_log: list[dict] = state["metrics_log"] if state else []
+    trained_steps: list[list[int]] = state["trained_steps"] if state else []
+    resumed_from = [*state.get("resumed_from", []), step] if state else []
+    if rank == 0 and state:
+        print(f"resuming at step {step} (epoch {start_epoch}, step {start_step_in_epoch} of it)", flush=True)
+
+    use_bf16 = bool(trainer_cfg.get("bf16")) and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
     tracker = RunTracker(cfg.get("logger"), config["run_dir"], cfg) if rank == 0 else None
-    progress = None
     total_pairs = sum(len(shard) for plan in plans for assignment in plan for shard in assignment)
+    pairs_done_before = sum(len(shard) for epoch, s in trained_steps for shard in plans[epoch][s])
+    progress = None
     if rank == 0:
         from ray.experimental.tqdm_ray import tqdm
 
         progress = tqdm(total=total_pairs, desc="train", unit="pair")
-    metrics_log: list[dict] = []
-    step = 0
-    started = time.perf_counter()
-    pairs_seen = tokens_seen = 0
-    window_loss, window_correct, window_pairs, window_hard_pairs = 0.0, 0, 0, 0
+        progress.update(pairs_done_before)
+
+    def evaluate() -> dict:
+        return evaluate_groups(forward, dev_groups, dev_plan, rank, world, tokenizer.pad_token_id, layout, device,
+                               autocast)
+
+    def save(dev: dict | None, epoch: int, step_in_epoch: int, final: bool, extra: dict | None = None) -> None:
+        train_state = {"epoch": epoch, "step_in_epoch": step_in_epoch, "step": step, "rng": torch.get_rng_state(),
+                       "metrics_log": metrics_log, "trained_steps": trained_steps, "resumed_from": resumed_from}
+        metadata = {**config["metadata"], "steps": step, "final": final, "metrics_log": metrics_log,
+                    "trained_steps": trained_steps, "resumed_from": resumed_from}
+        if dev is not None:
+            metadata.update({"dev_metrics": dev, "reward_mean": dev.get("reward_mean"),
+                             "reward_std": dev.get("reward_std")})
+        report = {"step": step, **({f"dev_{k}": v for k, v in dev.items()} if dev else {}), **(extra or {})}
+        _save_and_report(model, engine, tokenizer, rank, metadata, train_state, optimizer, scheduler, report)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    checkpoint_every = trainer_cfg.get("checkpoint_every") or 0
     eval_every = trainer_cfg.get("eval_every") or 0
     log_every = trainer_cfg.get("log_every") or 10
-    for epoch, plan in enumerate(plans):
-        for assignment in plan:
+    window = {"loss": 0.0, "correct": 0, "groups": 0, "hard_pairs": 0}
+    started = time.perf_counter()
+    pairs_seen = tokens_seen = 0
+    for epoch in range(start_epoch, epochs):
+        plan = plans[epoch]
+        first = start_step_in_epoch if epoch == start_epoch else 0
+        for step_in_epoch in range(first, len(plan)):
+            assignment = plan[step_in_epoch]
             forward.train()
             groups = [train_groups[i] for i in assignment[rank]]
             batch = collate(groups, tokenizer.pad_token_id, layout)
-            inputs = {k: v.to(device) for k, v in batch.model_inputs().items()}
-            rewards, mask = batch.per_group(forward(**inputs))
-            loss_inputs = LossInputs.from_groups(groups, rewards, mask)
+            with autocast():
+                rewards, mask = batch.per_group(forward(**{k: v.to(device) for k, v in batch.model_inputs().items()}))
+            loss_inputs = LossInputs.from_groups(groups, rewards.float(), mask)
             loss = loss_fn(loss_inputs)
             if engine is not None:
                 engine.backward(loss)
@@ -108,54 +159,75 @@ def train_loop_per_worker(config: dict) -> None:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             step += 1
+            trained_steps.append([epoch, step_in_epoch])
             step_pairs = sum(len(shard) for shard in assignment)
             pairs_seen += step_pairs
-            tokens_seen += batch.real_tokens * world  # other workers carry about as many
-            window_loss += loss.item() * len(groups)
-            first, second, _, _ = loss_inputs.pair_rewards()
-            window_correct += int((first > second).sum().item())
-            window_pairs += len(groups)
-            window_hard_pairs += len(first)
+            tokens_seen += batch.real_tokens * world  # the planner gives workers about equal tokens
+            chosen, rejected, _, _ = loss_inputs.pair_rewards()
+            window["loss"] += loss.item() * len(groups)
+            window["correct"] += int((chosen > rejected).sum().item())
+            window["groups"] += len(groups)
+            window["hard_pairs"] += len(chosen)
             if progress is not None:
                 progress.update(step_pairs)
+                _write_progress(config["run_dir"], step, epoch, step_in_epoch)
             if step % log_every == 0 or step == total_steps:
                 elapsed = time.perf_counter() - started
-                train_metrics = {"train/loss": window_loss / window_pairs,
-                                 "train/accuracy": window_correct / max(window_hard_pairs, 1),
+                train_metrics = {"train/loss": window["loss"] / window["groups"],
                                  "train/lr": scheduler.get_last_lr()[0],
                                  "train/pairs_per_s": pairs_seen / elapsed,
                                  "train/tokens_per_s": tokens_seen / elapsed,
-                                 "train/epoch": epoch + step / max(len(plan), 1) / epochs}
-                window_loss, window_correct, window_pairs, window_hard_pairs = 0.0, 0, 0, 0
+                                 "train/epoch": epoch + (step_in_epoch + 1) / len(plan)}
+                if window["hard_pairs"]:
+                    train_metrics["train/accuracy"] = window["correct"] / window["hard_pairs"]
+                window = {"loss": 0.0, "correct": 0, "groups": 0, "hard_pairs": 0}
                 metrics_log.append({"step": step, **train_metrics})
-                if rank == 0:
-                    done = pairs_seen / total_pairs
-                    eta = elapsed / done - elapsed if done else float("nan")
-                    print(f"step {step}/{total_steps} | {pairs_seen}/{total_pairs} examples | "
-                          f"loss {train_metrics['train/loss']:.4f} | {train_metrics['train/pairs_per_s']:.2f} examples/s "
-                          f"| ETA {eta / 60:.1f} min", flush=True)
                 if tracker:
                     tracker.log(train_metrics, step=step)
-            if eval_every and step % eval_every == 0 and step < total_steps:
-                dev = evaluate_pairs(forward, dev_groups, dev_plan, rank, world, tokenizer.pad_token_id, layout, device)
+                    done = (pairs_done_before + pairs_seen) / total_pairs
+                    eta = elapsed / max(pairs_seen, 1) * (total_pairs - pairs_done_before - pairs_seen)
+                    print(f"step {step}/{total_steps} | {done:.0%} | loss {train_metrics['train/loss']:.4f} | "
+                          f"{train_metrics['train/pairs_per_s']:.2f} examples/s | ETA {eta / 60:.1f} min", flush=True)
+            if step == total_steps:
+                continue  # the final evaluation and checkpoint follow the loop
+            dev = None
+            if eval_every and step % eval_every == 0:
+                dev = evaluate()
                 metrics_log.append({"step": step, **{f"dev/{k}": v for k, v in dev.items()}})
                 if tracker:
                     tracker.log({f"dev/{k}": v for k, v in dev.items()}, step=step)
-                if rank == 0:
                     print(f"[step {step}/{total_steps}] dev: {headline(dev)}", flush=True)
+            if checkpoint_every and step % checkpoint_every == 0:
+                save(dev, epoch, step_in_epoch + 1, final=False)
     if progress is not None:
         progress.close()
     train_seconds = time.perf_counter() - started
 
-    dev = evaluate_pairs(forward, dev_groups, dev_plan, rank, world, tokenizer.pad_token_id, layout, device)
-    summary = {"step": step, "train_seconds": train_seconds, "train_pairs_per_s": pairs_seen / train_seconds,
-               "train_tokens_per_s": tokens_seen / train_seconds, **{f"dev/{k}": v for k, v in dev.items()}}
-    metrics_log.append(summary)
+    dev = evaluate()
+    summary = {"train_seconds": train_seconds, "train_pairs_per_s": pairs_seen / max(train_seconds, 1e-9),
+               "train_tokens_per_s": tokens_seen / max(train_seconds, 1e-9),
+               **{f"dev/{k}": v for k, v in dev.items()}}
+    metrics_log.append({"step": step, **summary})
     if tracker:
-        tracker.log({k: v for k, v in summary.items() if k != "step"}, step=step)
+        tracker.log(summary, step=step)
         tracker.summary(summary)
         tracker.finish()
+    save(dev, epochs, 0, final=True, extra={k: v for k, v in summary.items() if not k.startswith("dev/")})
 
+
+def _resume_directory(trainer_cfg: dict) -> str | None:
+    """Ray Train hands back the latest checkpoint after a worker failure, or when a run is restarted
+    with the same run_name and storage path; `trainer.resume=never` ignores it."""
+    if trainer_cfg.get("resume", "auto") == "never":
+        return None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    local = tempfile.mkdtemp(prefix="rlhf_rm_resume_")
+    return checkpoint.to_directory(local)
+
+
+def _save_and_report(model, engine, tokenizer, rank, metadata, train_state, optimizer, scheduler, report):
     state_dict = None
     if engine is not None and engine.zero_optimization_stage() == 3:
         # Every rank takes part in gathering the shards; rank 0 receives the full weights.
@@ -163,17 +235,27 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             state_dict = {k.removeprefix("hf_model."): v for k, v in full.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
+        if engine is not None:
+            # Sharded optimizer state: every rank writes its part; Ray merges the directories.
+            engine.save_checkpoint(str(Path(tmp) / DEEPSPEED_DIR), tag="latest_state")
         if rank == 0:
-            metadata = {**config["metadata"], "dev_metrics": dev, "steps": step,
-                        "reward_mean": dev.get("reward_mean"), "reward_std": dev.get("reward_std"),
-                        "train_seconds": train_seconds, "metrics_log": metrics_log}
-            save_checkpoint(model, tokenizer, tmp, metadata, state_dict=state_dict)
-            checkpoint = Checkpoint.from_directory(tmp)
-        ray.train.report({k.replace("/", "_"): v for k, v in summary.items()}, checkpoint=checkpoint)
+            save_checkpoint(merged_for_saving(model), tokenizer, tmp, metadata, state_dict=state_dict)
+            if engine is None:
+                train_state = {**train_state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            torch.save(train_state, Path(tmp) / TRAIN_STATE_FILE)
+        has_files = rank == 0 or engine is not None
+        ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp) if has_files else None)
 
 
-def evaluate_pairs(forward, groups, plan, rank, world, pad_id, layout, device) -> dict:
+def _write_progress(run_dir: str, step: int, epoch: int, step_in_epoch: int) -> None:
+    """A tiny file other processes (tests, dashboards) can poll for the current position."""
+    path = Path(run_dir) / "progress.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch, "pid": os.getpid()}))
+    tmp.replace(path)
+
+
+def evaluate_groups(forward, groups, plan, rank, world, pad_id, layout, device, autocast=nullcontext) -> dict:
     """Score every group (each worker its shard, the same number of forwards everywhere) and gather."""
     forward.eval()
     indices, scores = [], []
@@ -181,12 +263,12 @@ def evaluate_pairs(forward, groups, plan, rank, world, pad_id, layout, device) -
         for assignment in plan:
             mine = assignment[rank]
             batch = collate([groups[i] for i in mine], pad_id, layout)
-            rewards = forward(**{k: v.to(device) for k, v in batch.model_inputs().items()})
-            indices.extend(mine)
-            flat = rewards.cpu().tolist()
+            with autocast():
+                flat = forward(**{k: v.to(device) for k, v in batch.model_inputs().items()}).float().cpu().tolist()
             offsets = [0]
             for size in batch.group_sizes:
                 offsets.append(offsets[-1] + size)
+            indices.extend(mine)
             scores.extend(flat[a:b] for a, b in zip(offsets, offsets[1:]))
     if world > 1:
         gathered: list = [None] * world
@@ -200,11 +282,16 @@ def evaluate_pairs(forward, groups, plan, rank, world, pad_id, layout, device) -
 def _build_optimizer(model, trainer_cfg: dict, total_steps: int):
     from transformers import get_scheduler
 
-    head = [p for n, p in model.named_parameters() if n.startswith("hf_model.score.")]
-    no_decay = [p for n, p in model.named_parameters()
-                if not n.startswith("hf_model.score.") and (p.ndim < 2 or "norm" in n)]
-    decay = [p for n, p in model.named_parameters()
-             if not n.startswith("hf_model.score.") and not (p.ndim < 2 or "norm" in n)]
+    head, decay, no_decay = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue  # frozen by LoRA
+        if ".score." in f".{name}":
+            head.append(param)
+        elif param.ndim < 2 or "norm" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
     lr = trainer_cfg["lr"]
     groups = [{"params": decay, "weight_decay": trainer_cfg["weight_decay"]},
               {"params": no_decay, "weight_decay": 0.0},

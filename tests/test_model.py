@@ -99,3 +99,34 @@ def test_k_responses_share_one_prompt(tiny_model, tiny_tokenizer):
         shared = tiny_model(**collate([group, other], pad, "prefix_shared").model_inputs())
         separate = tiny_model(**collate([group, other], pad, "separate").model_inputs())
     torch.testing.assert_close(shared, separate, rtol=1e-4, atol=1e-5)
+
+
+def test_lora_trains_adapters_and_head_and_saves_merged(tmp_path, tiny_backbone, tiny_tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_rm.model import apply_lora, load_reward_model, merged_for_saving, save_checkpoint
+
+    torch.manual_seed(0)
+    model = load_reward_model(tiny_backbone, tiny_tokenizer, head_init_std=1.0)
+    apply_lora(model, {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable) and any(".score." in n for n in trainable)
+    assert not any("embed_tokens" in n for n in trainable)
+    groups, _ = _groups(tiny_tokenizer)
+    batch = collate(groups, tiny_tokenizer.pad_token_id, "prefix_shared")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        rewards, _ = batch.per_group(model(**batch.model_inputs()))
+        (-torch.nn.functional.logsigmoid(rewards[:, 0] - rewards[:, 1]).mean()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.no_grad():
+        adapted = model(**batch.model_inputs())
+    save_checkpoint(merged_for_saving(model), tiny_tokenizer, tmp_path, {})
+    assert hasattr(model.hf_model, "peft_config")  # training copy untouched by the merge
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    from rlhf_rm.model import RewardModel
+
+    with torch.no_grad():
+        reloaded = RewardModel(plain)(**batch.model_inputs())
+    torch.testing.assert_close(reloaded, adapted, atol=1e-5, rtol=1e-4)

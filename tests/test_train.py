@@ -38,7 +38,7 @@ def train_tiny(tmp_path, backbone, extra: list[str]):
     cfg = compose([f"model.path={backbone}", f"data.train={FIXTURES / 'hh_train_small.jsonl'}",
                    f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}", "trainer.num_workers=2",
                    "trainer.tokens_per_worker=1200", "trainer.lr=2e-3", "trainer.warmup_ratio=0",
-                   "trainer.log_every=1", "logger=none", *extra])
+                   "trainer.log_every=1", "logger=none", f"trainer.storage_path={tmp_path / 'ray'}", *extra])
     return run(cfg, tmp_path / "run")
 
 
@@ -96,3 +96,52 @@ def test_deepspeed_zero_on_cpu(tmp_path, tiny_backbone, ray_cluster, stage):
     assert meta["config"]["deepspeed"]["config"]["zero_optimization"]["stage"] == int(stage[-1])
     assert meta["loss"]["name"] == "regularized"
     assert 0.0 <= metrics["dev_accuracy"] <= 1.0
+
+
+def test_killed_worker_resumes_from_checkpoint_without_repeating_data(tmp_path, tiny_backbone, ray_cluster):
+    """SIGKILL a training worker mid-epoch: Ray Train restarts the group from the latest checkpoint,
+    and the steps actually trained are each step of each epoch exactly once."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from rlhf_rm.model import read_metadata
+
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["metrics"] = train_tiny(tmp_path, tiny_backbone, [
+                "trainer.epochs=2", "trainer.tokens_per_worker=500", "trainer.checkpoint_every=3",
+                "trainer.max_failures=1", "run_name=killed"])
+        except BaseException as exc:  # surfaced by the assertion below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    progress = tmp_path / "run" / "progress.json"
+    deadline = time.time() + 240
+    killed = None
+    while time.time() < deadline and thread.is_alive():
+        if progress.exists():
+            try:
+                position = json.loads(progress.read_text())
+            except json.JSONDecodeError:
+                position = {}
+            if position.get("step", 0) >= 5:  # past the checkpoint at step 3, mid-epoch
+                killed = position
+                os.kill(position["pid"], signal.SIGKILL)
+                break
+        time.sleep(0.2)
+    thread.join(timeout=300)
+    assert killed is not None, "training never reached step 5"
+    assert "error" not in outcome, outcome.get("error")
+    meta = read_metadata(outcome["metrics"]["checkpoint"])
+    assert meta["resumed_from"] and 0 < meta["resumed_from"][0] <= killed["step"]
+    trained = [tuple(s) for s in meta["trained_steps"]]
+    assert len(trained) == len(set(trained)) == meta["steps"]  # no step twice
+    per_epoch = {e: sorted(s for ep, s in trained if ep == e) for e in (0, 1)}
+    assert all(steps == list(range(len(steps))) for steps in per_epoch.values())  # none skipped
+    logged = [entry["step"] for entry in meta["metrics_log"] if "train/loss" in entry]
+    assert logged == list(range(1, meta["steps"] + 1))  # the loss curve continues, without a restart at step 1

@@ -25,6 +25,9 @@ def build_app(config: ServeConfig):
         max_ongoing_requests=config.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.num_cpus_per_replica},
         user_config=dataclasses.asdict(config.live),
+        # A new checkpoint rolls replicas over; start each replacement before its predecessor stops,
+        # so even a one-replica pool keeps answering during a reload.
+        max_surge_percent=config.max_surge_percent,
         **scaling,
     )
     return deployment.bind(max_texts_per_request=config.max_texts_per_request, max_body_bytes=config.max_body_bytes,

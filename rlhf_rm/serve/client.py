@@ -47,11 +47,7 @@ class RewardClient:
             return [s for p, r in chunks for s in self._retry_sync(lambda p=p, r=r: self._http_score(p, r))]
         # Submit every chunk first so they spread over replicas, then collect in order.
         pending = [(p, r, self._get_handle().score.remote(p, r, self.normalize)) for p, r in chunks]
-        scores = []
-        for p, r, response in pending:
-            first = [response]
-            scores += self._retry_sync(lambda p=p, r=r, first=first: self._handle_result(p, r, first))
-        return scores
+        return [s for p, r, response in pending for s in self._handle_result(p, r, response)]
 
     async def ascore(self, prompts: list, responses: list) -> list[float]:
         chunks = self._chunks(prompts, responses)
@@ -73,10 +69,16 @@ class RewardClient:
     def _body(self, prompts, responses) -> dict:
         return {"prompts": prompts, "responses": responses, "normalize": self.normalize}
 
-    def _handle_result(self, prompts, responses, first: list) -> list[float]:
-        # The first try reuses the response submitted up front; retries submit anew.
-        response = first.pop() if first else self._get_handle().score.remote(prompts, responses, self.normalize)
-        return response.result(timeout_s=self.timeout_s)["scores"]
+    def _handle_result(self, prompts, responses, response) -> list[float]:
+        """Wait for a submitted call; on a retryable failure submit it again (to whichever replica is up)."""
+        for attempt in range(self.retries + 1):
+            try:
+                return response.result(timeout_s=self.timeout_s)["scores"]
+            except Exception as error:  # noqa: BLE001 - classified by _retryable
+                if not _retryable(error) or attempt == self.retries:
+                    raise
+                time.sleep(self.backoff_s * 2 ** attempt)
+                response = self._get_handle().score.remote(prompts, responses, self.normalize)
 
     def _http_score(self, prompts, responses) -> list[float]:
         import httpx

@@ -48,6 +48,7 @@ class ServeConfig:
     num_cpus_per_replica: float = 1.0
     torch_threads: int = 1
     max_ongoing_requests: int = 512
+    max_surge_percent: int = 100
     device: str = "cpu"
     max_texts_per_request: int = 4096
     max_body_bytes: int = 8 * 1024 * 1024

@@ -152,6 +152,7 @@ class ScoringDeployment:
                                   "reward_std": metadata.get("reward_std")},
                 "live_settings": asdict(self.settings),
                 "max_texts_per_request": self.max_texts,
+                "replica": serve.get_replica_context().replica_id.unique_id,
                 "batches": {"count": self.batches, "texts": self.batched_texts}}
 
     def check_health(self) -> None:

@@ -1,0 +1,229 @@
+"""Cluster operations: cluster.yaml against Ray's schema, the launcher's commands, and a real
+`ray job submit` of a tiny training run to a local Ray cluster started with `ray start --head`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import FIXTURES
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+sys.path.insert(0, str(REPO / "launchers"))
+
+import submit  # noqa: E402  (launchers/submit.py)
+
+
+# -- cluster.yaml ----------------------------------------------------------------------------------
+
+def test_cluster_yaml_matches_ray_schema():
+    import jsonschema
+    import ray.autoscaler
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(config, schema)  # our file as written: no unknown or misspelt keys
+    validate_config(prepare_config(config))  # after Ray merges its AWS defaults, as `ray up` does
+
+    nodes = config["available_node_types"]
+    assert config["head_node_type"] in nodes
+    assert any(n["resources"].get("GPU", 0) >= 1 for n in nodes.values()), "no GPU worker type"
+    assert nodes[config["head_node_type"]]["resources"].get("GPU", 0) == 0
+    setup = " && ".join(config["setup_commands"])
+    assert setup.index("torch==") < setup.index("-e ~/rlhf_rm"), "torch must be installed before the project"
+    assert config["file_mounts"]["~/rlhf_rm"] == "."
+
+
+# -- launcher --------------------------------------------------------------------------------------
+
+def test_launcher_passes_overrides_through_and_adds_cluster_defaults():
+    opts, passthrough = submit.parse(["train", "--address", "http://127.0.0.1:1", "--", "data.limit=8",
+                                      "data.dev=[a, b]"])
+    command = submit.submit_command(opts, submit.job_command("train", passthrough, "python", "/out", "T"))
+    entry = command[command.index("--") + 1:]
+    assert entry == ["python", "-m", "rlhf_rm.train", "data.limit=8", "data.dev=[a, b]",
+                     "hydra.run.dir=/out/train/T", "ray.address=auto"]
+    env = json.loads(command[command.index("--runtime-env-json") + 1])
+    assert {".venv", "outputs", ".git"} <= set(env["excludes"])
+
+    # What the user set wins over the defaults; serve deploys detached and returns at once.
+    assert submit.job_command("train", ["ray.address=ray://h:10001", "hydra.run.dir=/r"], "python", "/out", "T") == [
+        "python", "-m", "rlhf_rm.train", "ray.address=ray://h:10001", "hydra.run.dir=/r"]
+    opts, passthrough = submit.parse(["serve", "--", "/ckpt", "num_replicas=2"])
+    command = submit.submit_command(opts, submit.job_command("serve", passthrough, "python", "/out", "T"))
+    assert "--no-wait" in command
+    assert command[command.index("--") + 1:] == ["python", "-m", "rlhf_rm.serve", "/ckpt", "num_replicas=2",
+                                                 "ray_address=auto", "detach=true"]
+    opts, passthrough = submit.parse(["evaluate", "--gpus", "1", "--", "/ckpt"])
+    command = submit.submit_command(opts, submit.job_command("evaluate", passthrough, "python", "/out", "T"))
+    assert command[command.index("--entrypoint-num-gpus") + 1] == "1"
+    assert command[command.index("--") + 1:] == ["python", "-m", "rlhf_rm.evaluate", "/ckpt",
+                                                 "hydra.run.dir=/out/evaluate/T"]
+
+
+# -- a real local cluster --------------------------------------------------------------------------
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def env_without_ray_address() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
+def stop_own_cluster(pgid: int, grace_s: float = 10.0) -> None:
+    """`ray stop` for exactly the cluster we started. Plain `ray stop` terminates every Ray process
+    on the machine by name, including other people's runs and other tests' `ray.init()` clusters.
+    Ours are the processes in the process group of our `ray start` plus all their descendants
+    (workers and job drivers start their own sessions under the raylet)."""
+    import psutil
+
+    ours = {}
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                ours[proc.pid] = proc
+                ours.update({child.pid: child for child in proc.children(recursive=True)})
+        except (psutil.Error, ProcessLookupError):
+            pass
+    for proc in ours.values():
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(list(ours.values()), timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+def start_head(temp_dir: str) -> tuple[subprocess.Popen, str, int]:
+    """`ray start --head` on 127.0.0.1 with fresh ports; returns (process, output, dashboard port)."""
+    (gcs, dashboard, client, agent_http, agent_grpc, runtime_env_agent, metrics, node_manager,
+     object_manager) = free_ports(9)
+    start = subprocess.Popen(
+        [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
+         f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--runtime-env-agent-port={runtime_env_agent}", f"--metrics-export-port={metrics}",
+         f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
+         "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp_dir}", "--include-dashboard=true",
+         "--disable-usage-stats"],
+        # A new session makes `ray start` a group leader (group id = its pid); the cluster processes it
+        # leaves behind stay in that group, so they can be found and stopped by it.
+        start_new_session=True, env=env_without_ray_address(), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = start.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        start.kill()
+        output, _ = start.communicate()
+    return start, output, dashboard
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """A head node on 127.0.0.1 with its own ports and temp dir. The temp dir keeps our address out of
+    /tmp/ray/ray_current_cluster, so a later `ray.init()` in this session never joins (or trips on) it."""
+    groups, temp_dirs = [], []
+    try:
+        # Ray gives the raylet a fixed 30 s to register; on a loaded machine a start can miss it. Retry.
+        for _ in range(3):
+            temp_dirs.append(tempfile.mkdtemp(prefix="rrm", dir="/tmp"))  # short: Ray's unix sockets live below
+            start, output, dashboard = start_head(temp_dirs[-1])
+            groups.append(start.pid)
+            if start.returncode == 0:
+                break
+            stop_own_cluster(start.pid)
+        assert start.returncode == 0, output
+        address = f"http://127.0.0.1:{dashboard}"
+        _wait_for_job_server(address, timeout_s=120)
+        yield {"address": address, "temp_dir": temp_dirs[-1]}
+    finally:
+        for pgid in groups:
+            stop_own_cluster(pgid)
+        for temp_dir in temp_dirs:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_job_server(address: str, timeout_s: float) -> None:
+    # The client checks the server's version on construction (with Ray's auth token, which a plain
+    # HTTP probe would lack: token auth is on by default).
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            JobSubmissionClient(address)
+            return
+        except (ConnectionError, RuntimeError) as exc:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Ray job server at {address} not up after {timeout_s}s: {exc}") from exc
+        time.sleep(1)
+
+
+def test_ray_job_submit_trains_tiny_model(local_cluster, tiny_backbone, tmp_path):
+    """launchers/submit.py → `ray job submit` → SUCCEEDED, with the checkpoint and metrics.json in the
+    run dir; the uploaded working dir is the repo without .venv/outputs (a few hundred KiB, not GiB)."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    ray_address_file = Path("/tmp/ray/ray_current_cluster")
+    address_before = ray_address_file.read_text() if ray_address_file.exists() else None
+    run_dir = tmp_path / "run"
+    submission_id = f"rlhf_rm_test_{os.getpid()}_{int(time.time())}"
+    submitted = subprocess.run(
+        [sys.executable, str(REPO / "launchers" / "submit.py"), "train", "--address", local_cluster["address"],
+         "--python", sys.executable, "--submission-id", submission_id, "--no-wait", "--",
+         f"model.path={tiny_backbone}", f"data.train={FIXTURES / 'hh_train_small.jsonl'}",
+         f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}", "trainer.num_workers=2", "trainer.tokens_per_worker=1200",
+         "logger=none", f"hydra.run.dir={run_dir}"],
+        cwd=REPO, env=env_without_ray_address(), capture_output=True, text=True, timeout=180)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+
+    client = JobSubmissionClient(local_cluster["address"])
+    deadline = time.monotonic() + 240
+    status = client.get_job_status(submission_id)
+    while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.monotonic() < deadline:
+        time.sleep(2)
+        status = client.get_job_status(submission_id)
+    logs = client.get_job_logs(submission_id)
+    assert status == JobStatus.SUCCEEDED, f"job {status}; last log lines:\n" + "\n".join(logs.splitlines()[-40:])
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert Path(metrics["checkpoint"]) == run_dir / "checkpoint"
+    assert (run_dir / "checkpoint" / "config.json").exists()
+    assert (run_dir / "checkpoint" / "rlhf_rm.json").exists()
+    assert 0.0 <= metrics["dev_accuracy"] <= 1.0 and metrics["dev_pairs"] == 16
+    assert "dev accuracy" in logs  # the driver's own summary line reached the job log
+
+    uploads = list(Path(local_cluster["temp_dir"]).glob("session_*/runtime_resources/working_dir_files/*"))
+    assert uploads, "the job ran without an uploaded working dir"
+    size = sum(f.stat().st_size for f in uploads[0].rglob("*") if f.is_file())
+    assert size < 5_000_000, f"uploaded working dir is {size} bytes"
+    assert not (uploads[0] / ".venv").exists() and not (uploads[0] / "outputs").exists()
+
+    # Nothing points later ray.init() calls at this cluster.
+    assert "RAY_ADDRESS" not in os.environ
+    assert (ray_address_file.read_text() if ray_address_file.exists() else None) == address_before
