@@ -77,6 +77,20 @@ def texts():
     return prompts, responses
 
 
+def start_local_ray():
+    import ray
+
+    # Ray gives its raylet a fixed 30 s to register; on a busy shared machine that can lapse once.
+    for attempt in range(2):
+        try:
+            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+            return
+        except Exception:  # noqa: BLE001 - retried once, then raised
+            ray.shutdown()
+            if attempt == 1:
+                raise
+
+
 @pytest.fixture(scope="module")
 def pool(checkpoints):
     from ray import cloudpickle
@@ -88,7 +102,7 @@ def pool(checkpoints):
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        start_local_ray()
     # Ray workers cannot import this test module; ship its actor classes by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     os.environ[TOKEN_ENV] = TOKEN
