@@ -270,7 +270,7 @@ def render_markdown(report: dict) -> str:
         "",
         "| origin | margin | chosen (tokens) | rejected (tokens) | end of prompt | chosen | rejected |",
         "|---|---|---|---|---|---|---|",
-        *[f"| `{row['id']}` | {row['margin']:.3f} | {row['chosen']:.3f} ({row['chosen_length']}) "
+        *[f"| `{Path(row['id']).name}` | {row['margin']:.3f} | {row['chosen']:.3f} ({row['chosen_length']}) "
           f"| {row['rejected']:.3f} ({row['rejected_length']}) | {_cell(row['prompt_end'])} "
           f"| {_cell(row['chosen_text'])} | {_cell(row['rejected_text'])} |" for row in report["worst_pairs"]],
         "",
@@ -289,7 +289,7 @@ def dev_sources(entries) -> list[tuple[str, dict]]:
     for entry in entries:
         entry = OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else entry
         spec = normalize_source(entry)
-        spec["path"] = to_absolute_path(spec["path"])
+        spec["path"] = os.path.normpath(to_absolute_path(spec["path"]))
         spec["as_pairs"] = spec["as_pairs"] or "all"
         label = entry["name"] if isinstance(entry, dict) and "name" in entry else spec["path"]
         sources.append((label, spec))
@@ -320,7 +320,7 @@ def evaluate(cfg: DictConfig, report_dir: Path) -> dict:
     from rlhf_rm.scoring import RewardScorer
 
     started = time.perf_counter()
-    checkpoint = to_absolute_path(cfg.checkpoint)
+    checkpoint = os.path.normpath(to_absolute_path(cfg.checkpoint))
     report_dir.mkdir(parents=True, exist_ok=True)
     pairs, labels, data_summary = load_dev_pairs(cfg, report_dir)
     if not pairs:
