@@ -120,3 +120,18 @@ def test_report_folder_from_tiny_checkpoint(tmp_path, tiny_checkpoint):
     assert scores[0]["chosen"] == pytest.approx(direct, abs=1e-5)
     markdown = (report_dir / "report.md").read_text()
     assert f"| accuracy | {report['rewards']['accuracy']:.3f} |" in markdown
+
+
+@pytest.mark.parametrize("data", sorted(p.stem for p in (REPO / "conf" / "data").glob("*.yaml")))
+def test_evaluate_config_composes_with_every_data_group(data):
+    """`python -m rlhf_rm.evaluate CKPT data=<group>` evaluates that group's dev sources."""
+    from hydra import compose, initialize_config_dir
+
+    from rlhf_rm.evaluate import checkpoint_argument_to_override, dev_sources
+
+    argv = checkpoint_argument_to_override(["evaluate", "/ckpt", f"data={data}"])
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose(config_name="evaluate", overrides=argv[1:])
+    assert cfg.checkpoint == "/ckpt"
+    sources = dev_sources(cfg.data.dev)
+    assert sources and all(Path(spec["path"]).is_absolute() and spec["as_pairs"] for _, spec in sources)
