@@ -21,9 +21,18 @@ from conftest import FIXTURES
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
-sys.path.insert(0, str(REPO / "launchers"))
 
-import submit  # noqa: E402  (launchers/submit.py)
+
+def _load_launcher():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rlhf_rm_launcher_submit", REPO / "launchers" / "submit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+submit = _load_launcher()  # launchers/submit.py (a script, not a package module)
 
 
 # -- cluster.yaml ----------------------------------------------------------------------------------
