@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     config = ServeConfig(app_name="rm_bench", port=args.port, num_replicas=1, num_cpus_per_replica=1,
                          torch_threads=args.threads,
                          live=LiveSettings(checkpoint=checkpoint, max_length=args.max_length, max_batch_size=256,
-                                           batch_wait_timeout_s=0.005, tokens_per_forward=best_tokens))
+                                           batch_wait_timeout_s=0.002, tokens_per_forward=best_tokens))
     handle = start(config)
     url = f"http://127.0.0.1:{args.port}"
 

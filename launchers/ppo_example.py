@@ -139,6 +139,7 @@ def main(argv=None) -> int:
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--port", type=int, default=8000, help="the pool's HTTP port (127.0.0.1)")
     parser.add_argument("--pool-app", default=None, help="use a pool already running under this Serve app name")
+    parser.add_argument("--fresh-prompts", action="store_true", help="new prompts every step")
     parser.add_argument("--wandb", action="store_true", help="log to W&B (offline unless WANDB_API_KEY is set)")
     args = parser.parse_args(argv)
 
@@ -167,8 +168,10 @@ def main(argv=None) -> int:
     per_step = args.actors * args.prompts_per_actor
     history = []
     for step in range(args.steps):
-        batch = prompts[step * per_step:(step + 1) * per_step]
-        # The same prompts every step would show learning more directly, but fresh prompts are what PPO sees.
+        # By default every step revisits the same prompts, so a change in mean reward is the policy's doing,
+        # not the prompts'; --fresh-prompts draws new ones each step as a real run would.
+        offset = step * per_step if args.fresh_prompts else 0
+        batch = prompts[offset:offset + per_step]
         shards = [batch[i::args.actors] for i in range(args.actors)]
         results = ray.get([a.step.remote(s, args.samples_per_prompt, args.max_new_tokens, args.ppo_epochs)
                            for a, s in zip(actors, shards)])

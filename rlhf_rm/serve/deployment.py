@@ -4,6 +4,10 @@ Every text of every request becomes one queued item; `@serve.batch` merges the i
 callers into one call, which `RewardScorer.score_encoded` sorts by length and cuts into forwards of
 `tokens_per_forward` padded tokens. Padding is masked and positions start at 0, so a text's score does
 not depend on its batch mates.
+
+Serve closes a batch every `batch_wait_timeout_s` whether or not the model is free, so while one forward
+runs, many small batches pile up. `_ForwardQueue` merges everything that waited into the next forward:
+batches grow with load instead of staying at a few texts.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the body models as real classes
@@ -65,6 +69,48 @@ def _require_token(request: Request) -> None:
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
+class _ForwardQueue:
+    """Runs forwards one at a time on one thread; each takes every batch that queued meanwhile (up to a cap)."""
+
+    def __init__(self, executor: ThreadPoolExecutor):
+        self.executor = executor
+        self.waiting: list = []  # (items, future) per Serve batch
+        self.worker: asyncio.Task | None = None
+        self.max_texts = 256
+        self.batches = 0  # counters for /info: the mean batch size shows whether batching happens
+        self.texts = 0
+
+    async def run(self, items: list) -> list[float]:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((items, future))
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.waiting:
+            taken, texts = [], 0
+            while self.waiting and (not taken or texts + len(self.waiting[0][0]) <= self.max_texts):
+                taken.append(self.waiting.pop(0))
+                texts += len(taken[-1][0])
+            merged = [item for items, _ in taken for item in items]
+            self.batches += 1
+            self.texts += len(merged)
+            try:
+                scores = await loop.run_in_executor(self.executor, _score_items, merged)
+            except Exception as error:  # noqa: BLE001 - handed to every waiting caller
+                for _, future in taken:
+                    if not future.done():  # a caller may have gone away meanwhile
+                        future.set_exception(error)
+                continue
+            start = 0
+            for items, future in taken:
+                if not future.done():
+                    future.set_result(scores[start:start + len(items)])
+                start += len(items)
+
+
 def _score_items(items: list[tuple[RewardScorer, EncodedGroup]]) -> list[float]:
     """Forward a merged batch; items encoded by different scorers (mid-reload) go to their own model."""
     scores = [0.0] * len(items)
@@ -95,9 +141,7 @@ class ScoringDeployment:
         # One thread each: the event loop keeps queueing requests while a forward runs, and the
         # fast tokenizer is not safe to call from two threads at once.
         self._tokenize_thread = ThreadPoolExecutor(1, thread_name_prefix="rm-tokenize")
-        self._forward_thread = ThreadPoolExecutor(1, thread_name_prefix="rm-forward")
-        self.batches = 0  # counters for /info: the mean batch size shows whether batching happens
-        self.batched_texts = 0
+        self._forward_queue = _ForwardQueue(ThreadPoolExecutor(1, thread_name_prefix="rm-forward"))
 
     # -- live settings ------------------------------------------------------------------------
     async def reconfigure(self, user_config: dict) -> None:
@@ -112,17 +156,18 @@ class ScoringDeployment:
                                            tokens_per_batch=settings.tokens_per_forward, device=self.device))
             logger.info("serving checkpoint %s", settings.checkpoint)
         self.scorer.tokens_per_batch = settings.tokens_per_forward
+        self._forward_queue.max_texts = settings.max_batch_size
         self._forward_batch.set_max_batch_size(settings.max_batch_size)
         self._forward_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         self.settings = settings
 
     # -- scoring (handle API) -------------------------------------------------------------------
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005)
+    # Many batches may be open at once: they wait in _ForwardQueue, which merges them. (Serve warns when
+    # max_batch_size x max_concurrent_batches exceeds max_ongoing_requests; our items are texts, not
+    # requests, so that bound does not apply.)
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.002, max_concurrent_batches=64)
     async def _forward_batch(self, items: list[tuple[RewardScorer, EncodedGroup]]) -> list[float]:
-        self.batches += 1
-        self.batched_texts += len(items)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._forward_thread, _score_items, items)
+        return await self._forward_queue.run(items)
 
     async def score(self, prompts: list | None, responses: list, normalize: bool | None = None) -> dict:
         """Score (prompt, response) pairs. Returns scores, truncated flags, token counts and whether
@@ -153,7 +198,7 @@ class ScoringDeployment:
                 "live_settings": asdict(self.settings),
                 "max_texts_per_request": self.max_texts,
                 "replica": serve.get_replica_context().replica_id.unique_id,
-                "batches": {"count": self.batches, "texts": self.batched_texts}}
+                "batches": {"count": self._forward_queue.batches, "texts": self._forward_queue.texts}}
 
     def check_health(self) -> None:
         if self.scorer is None:
