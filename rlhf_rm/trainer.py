@@ -116,8 +116,18 @@ def train_loop_per_worker(config: dict) -> None:
         progress.update(pairs_done_before)
 
     def evaluate() -> dict:
-        return evaluate_groups(forward, dev_groups, dev_plan, rank, world, tokenizer.pad_token_id, layout, device,
-                               autocast)
+        metrics = evaluate_groups(forward, dev_groups, dev_plan, rank, world, tokenizer.pad_token_id, layout, device,
+                                  autocast)
+        scores = metrics.pop("_scores")
+        if rank == 0:
+            diagnostics = pair_diagnostics(dev_groups, scores)
+            if diagnostics is not None:
+                Path(config["run_dir"], "diagnostics.json").write_text(json.dumps(diagnostics, indent=2, default=str))
+                length = diagnostics["length"]
+                metrics.update({"length_reward_correlation": length.get("reward_length_correlation"),
+                                "accuracy_chosen_shorter": length.get("shorter_chosen_accuracy"),
+                                "ece": diagnostics["calibration"].get("ece")})
+        return {k: v for k, v in metrics.items() if v is not None}
 
     def save(dev: dict | None, epoch: int, step_in_epoch: int, final: bool, extra: dict | None = None) -> None:
         train_state = {"epoch": epoch, "step_in_epoch": step_in_epoch, "step": step, "rng": torch.get_rng_state(),
@@ -276,7 +286,30 @@ def evaluate_groups(forward, groups, plan, rank, world, pad_id, layout, device, 
         indices = [i for part in gathered for i in part[0]]
         scores = [s for part in gathered for s in part[1]]
     by_index = dict(zip(indices, scores))
-    return group_metrics(groups, [by_index[i] for i in range(len(groups))])
+    ordered = [by_index[i] for i in range(len(groups))]
+    metrics = group_metrics(groups, ordered)
+    metrics["_scores"] = ordered  # popped by the caller; kept out of logs
+    return metrics
+
+
+def pair_diagnostics(groups, scores) -> dict | None:
+    """Issue-9 diagnostics (length bias, calibration, worst pairs) on the dev pairs with a hard label."""
+    from rlhf_rm.diagnostics import diagnose
+
+    chosen, rejected, chosen_len, rejected_len, sources, ids = [], [], [], [], [], []
+    for group, score in zip(groups, scores):
+        if group.kind != "pair" or group.probability == 0.5:
+            continue
+        first, second = (0, 1) if group.probability > 0.5 else (1, 0)
+        chosen.append(score[first])
+        rejected.append(score[second])
+        chosen_len.append(len(group.response_ids[first]))
+        rejected_len.append(len(group.response_ids[second]))
+        sources.append(group.source or "data")
+        ids.append(str(len(ids)))
+    if len(chosen) < 2:
+        return None
+    return diagnose(chosen, rejected, chosen_len, rejected_len, sources=sources, ids=ids)
 
 
 def _build_optimizer(model, trainer_cfg: dict, total_steps: int):

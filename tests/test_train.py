@@ -19,7 +19,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, log_to_driver=False)  # keep the dashboard: Ray Train's placement-group cleaner polls the state API
     yield
     ray.shutdown()
 
