@@ -92,6 +92,11 @@ def format_data_summary(split: str, summary: dict) -> str:
     return line
 
 
+def storage_location(path: str) -> str:
+    """Ray Train's storage: a local path (made absolute) or a URI every node can reach (s3://, gs://)."""
+    return path if "://" in path else str(Path(to_absolute_path(path)))
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -137,7 +142,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                                      resources_per_worker={"CPU": cfg.trainer.cpus_per_worker,
                                                            **({"GPU": 1} if use_gpu else {})}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name=str(cfg.run_name), storage_path=str(Path(to_absolute_path(cfg.trainer.storage_path))),
+        run_config=RunConfig(name=str(cfg.run_name), storage_path=storage_location(cfg.trainer.storage_path),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.trainer.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=cfg.trainer.max_failures)),
     )
