@@ -66,8 +66,10 @@ def load_tokenizer(path: str):
 
 
 def load_reward_model(path: str, tokenizer=None, dtype: torch.dtype = torch.float32,
-                      head_init_std: float | None = None) -> RewardModel:
-    """Load a backbone (or a trained checkpoint) as a reward model with a 1-output head."""
+                      head_init_std: float | None = None, ensemble_size: int = 1) -> RewardModel:
+    """Load a backbone as a reward model with `ensemble_size` scalar heads (1: a plain reward model),
+    or a trained checkpoint as it was saved."""
+    is_checkpoint = (Path(path) / METADATA_FILE).exists()
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -76,15 +78,16 @@ def load_reward_model(path: str, tokenizer=None, dtype: torch.dtype = torch.floa
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
+        labels = {} if is_checkpoint else {"num_labels": ensemble_size}
         hf_model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, dtype=dtype, attn_implementation="sdpa")
+            path, dtype=dtype, attn_implementation="sdpa", **labels)
     finally:
         hf_logging.set_verbosity(verbosity)
     if tokenizer is not None:
         if len(tokenizer) > hf_model.get_input_embeddings().num_embeddings:
             hf_model.resize_token_embeddings(len(tokenizer))
         hf_model.config.pad_token_id = tokenizer.pad_token_id
-    if head_init_std is not None and not (Path(path) / METADATA_FILE).exists():
+    if head_init_std is not None and not is_checkpoint:
         nn.init.normal_(hf_model.score.weight, std=head_init_std)
     return RewardModel(hf_model)
 
@@ -114,7 +117,6 @@ def save_checkpoint(model: RewardModel, tokenizer, directory: str | Path, metada
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     hf_model = model.hf_model
-    hf_model.config.num_labels = 1
     hf_model.config.problem_type = "regression"
     hf_model.config.pad_token_id = tokenizer.pad_token_id
     if hf_model.config.architectures:

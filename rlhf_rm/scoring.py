@@ -16,6 +16,7 @@ from rlhf_rm.model import load_reward_model, load_tokenizer, read_metadata
 class ScoredText:
     score: float
     truncated: bool
+    spread: float | None = None  # std across ensemble heads; None for a single-head model
 
 
 class RewardScorer:
@@ -33,12 +34,22 @@ class RewardScorer:
     def encode(self, prompt: Text, response: Text) -> EncodedGroup:
         return self.encoder.encode_group(prompt, [response])
 
-    @torch.no_grad()
+    @property
+    def ensemble_size(self) -> int:
+        return int(self.model.hf_model.config.num_labels)
+
     def score_encoded(self, encoded: list[EncodedGroup]) -> list[float]:
         """Score many texts; batches are formed from similar lengths so little compute goes to padding.
-        A text's score does not depend on its batch mates (padding is masked, positions start at 0)."""
+        A text's score does not depend on its batch mates (padding is masked, positions start at 0).
+        An ensemble's score is the mean of its heads."""
+        return self.score_encoded_with_spread(encoded)[0]
+
+    @torch.no_grad()
+    def score_encoded_with_spread(self, encoded: list[EncodedGroup]) -> tuple[list[float], list[float] | None]:
+        """(scores, spreads): spreads are the std across ensemble heads, None for a single head."""
         order = sorted(range(len(encoded)), key=lambda i: encoded[i].shared_length())
         scores = [0.0] * len(encoded)
+        spreads = [0.0] * len(encoded) if self.ensemble_size > 1 else None
         start = 0
         while start < len(order):
             end = start + 1
@@ -46,15 +57,20 @@ class RewardScorer:
                 end += 1
             chunk = order[start:end]
             batch = collate([encoded[i] for i in chunk], self.tokenizer.pad_token_id, layout="separate")
-            rewards = self.model(**{k: v.to(self.device) for k, v in batch.model_inputs().items()})
-            for index, value in zip(chunk, rewards.cpu().tolist()):
+            rewards = self.model(**{k: v.to(self.device) for k, v in batch.model_inputs().items()}).cpu()
+            if rewards.ndim == 2:
+                for index, value in zip(chunk, rewards.std(dim=1, unbiased=False).tolist()):
+                    spreads[index] = value
+                rewards = rewards.mean(dim=1)
+            for index, value in zip(chunk, rewards.tolist()):
                 scores[index] = value
             start = end
-        return scores
+        return scores, spreads
 
     def score(self, prompts: list[Text], responses: list[Text]) -> list[ScoredText]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         encoded = [self.encode(p, r) for p, r in zip(prompts, responses)]
-        values = self.score_encoded(encoded)
-        return [ScoredText(v, e.prompt_truncated or e.response_truncated) for v, e in zip(values, encoded)]
+        values, spreads = self.score_encoded_with_spread(encoded)
+        return [ScoredText(v, e.prompt_truncated or e.response_truncated, None if spreads is None else spreads[i])
+                for i, (v, e) in enumerate(zip(values, encoded))]

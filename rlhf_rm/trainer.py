@@ -67,7 +67,8 @@ def train_loop_per_worker(config: dict) -> None:
     use_deepspeed = bool(cfg["deepspeed"].get("enabled"))
     weights_from = resume_dir if resume_dir and not use_deepspeed else config["backbone_path"]
     tokenizer = load_tokenizer(weights_from)
-    model = load_reward_model(weights_from, tokenizer, head_init_std=cfg["model"].get("head_init_std"))
+    model = load_reward_model(weights_from, tokenizer, head_init_std=cfg["model"].get("head_init_std"),
+                              ensemble_size=int(cfg["model"].get("ensemble_size", 1)))
     if cfg["model"].get("lora", {}).get("enabled"):
         apply_lora(model, cfg["model"]["lora"])
     if trainer_cfg.get("gradient_checkpointing"):
@@ -156,9 +157,8 @@ def train_loop_per_worker(config: dict) -> None:
             groups = [train_groups[i] for i in assignment[rank]]
             batch = collate(groups, tokenizer.pad_token_id, layout)
             with autocast():
-                rewards, mask = batch.per_group(forward(**{k: v.to(device) for k, v in batch.model_inputs().items()}))
-            loss_inputs = LossInputs.from_groups(groups, rewards.float(), mask)
-            loss = loss_fn(loss_inputs)
+                flat = forward(**{k: v.to(device) for k, v in batch.model_inputs().items()})
+            loss, loss_inputs = ensemble_loss(flat.float(), batch, groups, loss_fn)
             if engine is not None:
                 engine.backward(loss)
                 engine.step()
@@ -225,6 +225,18 @@ def train_loop_per_worker(config: dict) -> None:
     save(dev, epochs, 0, final=True, extra={k: v for k, v in summary.items() if not k.startswith("dev/")})
 
 
+def ensemble_loss(flat: torch.Tensor, batch, groups, loss_fn):
+    """The loss of each reward head, averaged; with one head this is just the loss.
+    Returns the loss and the LossInputs of the heads' mean reward (for accuracy bookkeeping)."""
+    heads = flat.unsqueeze(-1) if flat.ndim == 1 else flat  # [N, heads]
+    losses = []
+    for head in range(heads.shape[1]):
+        rewards, mask = batch.per_group(heads[:, head])
+        losses.append(loss_fn(LossInputs.from_groups(groups, rewards, mask)))
+    rewards, mask = batch.per_group(heads.detach().mean(dim=1))
+    return torch.stack(losses).mean(), LossInputs.from_groups(groups, rewards, mask)
+
+
 def _resume_directory(trainer_cfg: dict) -> str | None:
     """Ray Train hands back the latest checkpoint after a worker failure, or when a run is restarted
     with the same run_name and storage path; `trainer.resume=never` ignores it."""
@@ -268,13 +280,17 @@ def _write_progress(run_dir: str, step: int, epoch: int, step_in_epoch: int) -> 
 def evaluate_groups(forward, groups, plan, rank, world, pad_id, layout, device, autocast=nullcontext) -> dict:
     """Score every group (each worker its shard, the same number of forwards everywhere) and gather."""
     forward.eval()
-    indices, scores = [], []
+    indices, scores, spreads = [], [], []
     with torch.no_grad():
         for assignment in plan:
             mine = assignment[rank]
             batch = collate([groups[i] for i in mine], pad_id, layout)
             with autocast():
-                flat = forward(**{k: v.to(device) for k, v in batch.model_inputs().items()}).float().cpu().tolist()
+                heads = forward(**{k: v.to(device) for k, v in batch.model_inputs().items()}).float().cpu()
+            if heads.ndim == 2:  # an ensemble: the reward is the heads' mean, their spread its uncertainty
+                spreads.extend(heads.std(dim=1, unbiased=False).tolist())
+                heads = heads.mean(dim=1)
+            flat = heads.tolist()
             offsets = [0]
             for size in batch.group_sizes:
                 offsets.append(offsets[-1] + size)
@@ -282,12 +298,15 @@ def evaluate_groups(forward, groups, plan, rank, world, pad_id, layout, device, 
             scores.extend(flat[a:b] for a, b in zip(offsets, offsets[1:]))
     if world > 1:
         gathered: list = [None] * world
-        dist.all_gather_object(gathered, (indices, scores))
+        dist.all_gather_object(gathered, (indices, scores, spreads))
         indices = [i for part in gathered for i in part[0]]
         scores = [s for part in gathered for s in part[1]]
+        spreads = [s for part in gathered for s in part[2]]
     by_index = dict(zip(indices, scores))
     ordered = [by_index[i] for i in range(len(groups))]
     metrics = group_metrics(groups, ordered)
+    if spreads:
+        metrics["ensemble_spread_mean"] = sum(spreads) / len(spreads)
     metrics["_scores"] = ordered  # popped by the caller; kept out of logs
     return metrics
 

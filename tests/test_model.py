@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rlhf_rm.batching.collate import collate
@@ -130,3 +131,35 @@ def test_lora_trains_adapters_and_head_and_saves_merged(tmp_path, tiny_backbone,
     with torch.no_grad():
         reloaded = RewardModel(plain)(**batch.model_inputs())
     torch.testing.assert_close(reloaded, adapted, atol=1e-5, rtol=1e-4)
+
+
+def test_ensemble_heads_score_mean_and_spread(tmp_path, tiny_backbone, tiny_tokenizer):
+    from rlhf_rm.batching.collate import collate as collate_groups
+    from rlhf_rm.losses import build_loss
+    from rlhf_rm.model import load_reward_model, save_checkpoint
+    from rlhf_rm.scoring import RewardScorer
+    from rlhf_rm.trainer import ensemble_loss
+
+    torch.manual_seed(0)
+    model = load_reward_model(tiny_backbone, tiny_tokenizer, head_init_std=1.0, ensemble_size=3)
+    groups, _ = _groups(tiny_tokenizer)
+    batch = collate_groups(groups, tiny_tokenizer.pad_token_id, "prefix_shared")
+    heads = model(**batch.model_inputs())
+    assert heads.shape == (len(groups) * 2, 3)
+    loss, mean_inputs = ensemble_loss(heads, batch, groups, build_loss({"name": "bradley_terry"}))
+    per_head = [build_loss({"name": "bradley_terry"})(ensemble_loss(heads[:, h], batch, groups,
+                                                                     build_loss({"name": "bradley_terry"}))[1])
+                for h in range(3)]
+    torch.testing.assert_close(loss, torch.stack(per_head).mean())
+    save_checkpoint(model, tiny_tokenizer, tmp_path, {"max_length": 1024})
+    scorer = RewardScorer(str(tmp_path))
+    assert scorer.ensemble_size == 3
+    pair = ("\n\nHuman: why?\n\nAssistant:", " Because it is so.")
+    scored = scorer.score([pair[0]], [pair[1]])[0]
+    group = scorer.encode(*pair)
+    single = collate_groups([group], tiny_tokenizer.pad_token_id, "separate")
+    with torch.no_grad():
+        direct = model(**single.model_inputs())[0]
+    assert scored.score == pytest.approx(float(direct.mean()), abs=1e-5)
+    assert scored.spread == pytest.approx(float(direct.std(unbiased=False)), abs=1e-5)
+    assert scored.spread > 0
