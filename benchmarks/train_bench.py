@@ -89,7 +89,8 @@ def run_rlhf_rm(args, backbone: str, variant: str) -> dict:
     from rlhf_rm.losses import LossInputs, build_loss
     from rlhf_rm.metrics import group_metrics
     from rlhf_rm.model import load_reward_model, load_tokenizer
-    from rlhf_rm.trainer import _build_optimizer, row_length
+    from rlhf_rm.batching.planner import row_length
+    from rlhf_rm.trainer import _build_optimizer
 
     train, dev = load_slices(args.pairs, args.dev_pairs)
     tokenizer = load_tokenizer(backbone)

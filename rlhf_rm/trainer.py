@@ -23,7 +23,7 @@ import ray.train.torch
 from ray.train import Checkpoint
 
 from rlhf_rm.batching.collate import collate
-from rlhf_rm.batching.planner import plan_steps
+from rlhf_rm.batching.planner import plan_steps, row_length
 from rlhf_rm.losses import LossInputs, build_loss
 from rlhf_rm.metrics import group_metrics, headline
 from rlhf_rm.model import apply_lora, load_reward_model, load_tokenizer, merged_for_saving, save_checkpoint
@@ -31,13 +31,6 @@ from rlhf_rm.tracking import RunTracker
 
 TRAIN_STATE_FILE = "train_state.pt"
 DEEPSPEED_DIR = "deepspeed"
-
-
-def row_length(group, layout: str) -> int:
-    """Tokens one example costs in the chosen layout (the planner's budget unit)."""
-    if layout == "prefix_shared":
-        return group.shared_length()
-    return max(len(group.prompt_ids) + len(r) for r in group.response_ids) * len(group.response_ids)
 
 
 def train_loop_per_worker(config: dict) -> None:

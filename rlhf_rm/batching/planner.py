@@ -9,6 +9,13 @@ from __future__ import annotations
 import random
 
 
+def row_length(group, layout: str) -> int:
+    """Tokens one example costs in the chosen layout (the planner's budget unit)."""
+    if layout == "prefix_shared":
+        return group.shared_length()
+    return max(len(group.prompt_ids) + len(r) for r in group.response_ids) * len(group.response_ids)
+
+
 def plan_steps(
     lengths: list[int],
     world_size: int,

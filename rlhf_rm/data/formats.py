@@ -11,6 +11,8 @@ Layouts:
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 from typing import Any
 
@@ -18,68 +20,91 @@ from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses
 
 
 class RowError(ValueError):
-    """A row that cannot become an example; the message says what is wrong (without the location)."""
+    """A row that cannot become an example; the message says what is wrong (without the location),
+    `kind` groups it for the quarantine counts ("missing key", "wrong type", ...)."""
+
+    def __init__(self, message: str, kind: str = "invalid row"):
+        super().__init__(message)
+        self.kind = kind
+
+
+PAIR_KEYS = ("prompt", "chosen", "rejected", "probability", "margin")
+RANKING_KEYS = ("prompt", "responses", "ranks")
+KNOWN_KEYS = frozenset(PAIR_KEYS + RANKING_KEYS)
 
 
 def parse_row(row: Any, origin: str, prompt_separator: str = "\n\nAssistant:") -> Example:
     """A pair or a ranking, whichever layout the row has."""
-    if isinstance(row, dict) and ("responses" in row or "ranks" in row):
+    if isinstance(row, dict) and _looks_like_ranking(row):
         return parse_ranking(row, origin)
     return parse_pair(row, origin, prompt_separator)
 
 
+def _looks_like_ranking(row: dict) -> bool:
+    if "responses" in row or "ranks" in row:
+        return True
+    # A misspelled ranking ("respones", "rank") should be told about its own keys, not chosen/rejected.
+    return not any(_close_key(k, ("chosen", "rejected")) or k in ("chosen", "rejected") for k in row) \
+        and any(_close_key(k, ("responses", "ranks")) for k in row)
+
+
 def parse_ranking(row: dict, origin: str) -> RankedResponses:
-    for key in ("prompt", "responses", "ranks"):
-        if key not in row:
-            raise RowError(f"missing key {key!r} (keys present: {sorted(row)})")
+    _require(row, RANKING_KEYS)
+    _reject_misspelled(row, RANKING_KEYS)
     prompt, responses, ranks = row["prompt"], row["responses"], row["ranks"]
-    _check_text("prompt", prompt, allow_empty=True)
-    if not isinstance(responses, list) or len(responses) < 2:
-        raise RowError("'responses' must be a list of at least 2 responses")
+    _check_text("prompt", prompt)
+    if not isinstance(responses, list):
+        raise RowError(f"'responses' must be a list of responses, got {type(responses).__name__}", "wrong type")
+    if len(responses) < 2:
+        raise RowError(f"'responses' must hold at least 2 responses, got {len(responses)}", "too few responses")
     for position, response in enumerate(responses):
         _check_text(f"responses[{position}]", response)
     if not isinstance(ranks, list) or any(isinstance(r, bool) or not isinstance(r, int) for r in ranks):
-        raise RowError("'ranks' must be a list of integers")
+        raise RowError(f"'ranks' must be a list of integers, got {ranks!r}", "wrong type")
     if sorted(ranks) != list(range(len(responses))):
-        raise RowError(f"'ranks' must be a permutation of 0..{len(responses) - 1}, got {ranks}")
+        raise RowError(f"'ranks' must be a permutation of 0..{len(responses) - 1}, got {ranks}",
+                       "ranks not a permutation")
     if len({_freeze(r) for r in responses}) != len(responses):
-        raise RowError("'responses' contains identical responses")
+        raise RowError("'responses' contains identical responses", "identical responses")
     return RankedResponses(prompt=prompt, responses=list(responses), ranks=list(ranks), origin=origin)
 
 
 def parse_pair(row: Any, origin: str, prompt_separator: str = "\n\nAssistant:") -> PreferencePair:
     if not isinstance(row, dict):
-        raise RowError(f"expected a JSON object, got {type(row).__name__}")
-    for key in ("chosen", "rejected"):
-        if key not in row:
-            raise RowError(f"missing key {key!r} (keys present: {sorted(row)})")
+        raise RowError(f"expected a JSON object, got {type(row).__name__}", "not an object")
+    _require(row, ("chosen", "rejected"))
+    _reject_misspelled(row, PAIR_KEYS)
     chosen, rejected = row["chosen"], row["rejected"]
     _check_text("chosen", chosen)
     _check_text("rejected", rejected)
     if "prompt" in row and row["prompt"] is not None:
+        # An explicit prompt must say something; only an implicit one (split from chosen/rejected) may be empty.
         prompt = row["prompt"]
-        _check_text("prompt", prompt, allow_empty=True)
+        _check_text("prompt", prompt)
         if isinstance(prompt, list) and isinstance(chosen, str):
             chosen = [{"role": "assistant", "content": chosen}]
             rejected = [{"role": "assistant", "content": rejected}]
         elif isinstance(prompt, str) != isinstance(chosen, str) or isinstance(chosen, str) != isinstance(rejected, str):
-            raise RowError("prompt, chosen and rejected must be all strings or all chat message lists")
+            raise RowError("prompt, chosen and rejected must be all strings or all chat message lists", "wrong type")
     elif isinstance(chosen, str) and isinstance(rejected, str):
         prompt, chosen, rejected = split_shared_prompt(chosen, rejected, prompt_separator)
     elif isinstance(chosen, list) and isinstance(rejected, list):
         prompt, chosen, rejected = split_shared_messages(chosen, rejected)
     else:
-        raise RowError("chosen and rejected must both be strings or both be chat message lists")
+        raise RowError("chosen and rejected must both be strings or both be chat message lists", "wrong type")
     if chosen == rejected:
-        raise RowError("chosen and rejected responses are identical")
+        raise RowError("chosen and rejected responses are identical", "identical responses")
     probability = row.get("probability", 1.0)
     if probability is None:
         probability = 1.0
-    if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0.0 <= probability <= 1.0:
-        raise RowError(f"'probability' must be a number in [0, 1], got {probability!r}")
+    if isinstance(probability, bool) or not isinstance(probability, (int, float)):
+        raise RowError(f"'probability' must be a number in [0, 1], got {probability!r}", "wrong type")
+    if not 0.0 <= probability <= 1.0:  # NaN fails this too
+        raise RowError(f"'probability' must be a number in [0, 1], got {probability!r}", "probability out of range")
     margin = row.get("margin")
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
-        raise RowError(f"'margin' must be a number, got {margin!r}")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                               or not math.isfinite(margin)):
+        raise RowError(f"'margin' must be a finite number, got {margin!r}", "wrong type")
     return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, origin=origin,
                           probability=float(probability), margin=None if margin is None else float(margin))
 
@@ -101,6 +126,34 @@ def split_shared_messages(chosen: list, rejected: list) -> tuple[list, list, lis
     return chosen[:shared], chosen[shared:], rejected[shared:]
 
 
+def _require(row: dict, keys) -> None:
+    """Missing keys name the present key they were probably misspelled as."""
+    for key in keys:
+        if key not in row:
+            unknown = [k for k in row if isinstance(k, str) and k not in KNOWN_KEYS]
+            guess = difflib.get_close_matches(key, unknown, n=1, cutoff=0.6)
+            hint = f"did you mean {guess[0]!r}?" if guess else f"keys present: {sorted(map(str, row))}"
+            raise RowError(f"missing key {key!r} ({hint})", "missing key")
+
+
+def _reject_misspelled(row: dict, layout_keys) -> None:
+    """An optional key spelled wrong ("probabilty") would be silently ignored and change the label."""
+    for key in row:
+        if isinstance(key, str) and key not in KNOWN_KEYS:
+            intended = _close_key(key, [k for k in layout_keys if k not in row])
+            if intended:
+                raise RowError(f"unknown key {key!r} (did you mean {intended!r}?)", "misspelled key")
+
+
+def _close_key(key: str, candidates) -> str | None:
+    """A near-identical spelling: similarity >= 0.8 and at most 2 characters longer or shorter,
+    so extra columns such as 'prompt_id' or 'chosen_score' are left alone."""
+    for match in difflib.get_close_matches(key, list(candidates), n=3, cutoff=0.8):
+        if abs(len(match) - len(key)) <= 2:
+            return match
+    return None
+
+
 def _freeze(text: Any) -> str:
     return text if isinstance(text, str) else repr(text)
 
@@ -108,16 +161,17 @@ def _freeze(text: Any) -> str:
 def _check_text(key: str, value: Any, allow_empty: bool = False) -> None:
     if isinstance(value, str):
         if not allow_empty and not value.strip():
-            raise RowError(f"{key!r} is empty")
+            raise RowError(f"{key!r} is empty", "empty text")
         return
     if isinstance(value, list):
         if not value and not allow_empty:
-            raise RowError(f"{key!r} is an empty message list")
+            raise RowError(f"{key!r} is an empty message list", "empty text")
         for position, message in enumerate(value):
             if not isinstance(message, dict) or not isinstance(message.get("content"), str) \
                     or not isinstance(message.get("role"), str):
-                raise RowError(f"{key!r} message {position} must be an object with string 'role' and 'content'")
+                raise RowError(f"{key!r} message {position} must be an object with string 'role' and 'content'",
+                               "wrong type")
         if not allow_empty and not any(m["content"].strip() for m in value):
-            raise RowError(f"{key!r} has only empty messages")
+            raise RowError(f"{key!r} has only empty messages", "empty text")
         return
-    raise RowError(f"{key!r} must be a string or a list of chat messages, got {type(value).__name__}")
+    raise RowError(f"{key!r} must be a string or a list of chat messages, got {type(value).__name__}", "wrong type")

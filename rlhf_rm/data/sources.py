@@ -18,37 +18,58 @@ import ast
 import hashlib
 import itertools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses
 from rlhf_rm.data.formats import RowError, parse_row
-from rlhf_rm.data.readers import read_rows
+from rlhf_rm.data.readers import DEFAULT_MAX_ROW_BYTES, RawRow, read_rows
 
 FORMATS = ("preference", "oasst_trees", "qa_feedback", "conala_grades")
+PREFERENCE_COLUMNS = (("chosen", "rejected"), ("responses", "ranks"))  # Parquet layouts the preference format reads
 
 
-def iter_source(spec: dict) -> Iterator[tuple[str, Any]]:
-    """Yield (origin, Example | RowError | None) per input row; None marks a row this split leaves out."""
+@dataclass
+class SourceItem:
+    """What one input row gave: an example, a RowError, or None (nothing to compare).
+    A row may give several items (QA-Feedback's 6 pairs, an OASST tree's rankings); `row` ties them
+    together for the loader's row accounting."""
+
+    row: str  # origin of the input row: "path:line", "path:row N", or "path" for a whole-file problem
+    origin: str  # origin of this item, e.g. "path:3 pair (1,2)"
+    item: Example | RowError | None
+    raw: Any = None  # the row as read, for the quarantine file
+    rows: int = 1  # input rows `row` stands for (an unreadable Parquet file: all of its rows)
+
+
+def iter_source(spec: dict) -> Iterator[SourceItem]:
+    """Every input row of one source, in file order, as one or more SourceItems."""
     fmt = spec.get("format", "preference")
     path = Path(spec["path"])
+    max_row_bytes = spec.get("max_row_bytes") or DEFAULT_MAX_ROW_BYTES
     if fmt == "preference":
-        for row in read_rows(path):
+        separator = spec.get("prompt_separator", "\n\nAssistant:")
+        for row in read_rows(path, max_row_bytes, expect_columns=PREFERENCE_COLUMNS):
             if row.error is not None:
-                yield row.origin, RowError(row.error), row.raw
+                yield _unreadable(row)
                 continue
             try:
-                yield row.origin, parse_row(row.value, row.origin, spec.get("prompt_separator", "\n\nAssistant:")), row.value
+                yield SourceItem(row.origin, row.origin, parse_row(row.value, row.origin, separator), row.value)
             except RowError as exc:
-                yield row.origin, exc, row.value
+                yield SourceItem(row.origin, row.origin, exc, row.value)
     elif fmt == "oasst_trees":
-        yield from _oasst(path)
+        yield from _oasst(path, max_row_bytes)
     elif fmt == "qa_feedback":
-        yield from _qa_feedback(path, spec.get("include_passages", False))
+        yield from _qa_feedback(path, spec.get("include_passages", False), max_row_bytes)
     elif fmt == "conala_grades":
-        yield from _conala(path)
+        yield from _conala(path, max_row_bytes)
     else:
         raise ValueError(f"{path}: unknown data format {fmt!r}; choose one of {FORMATS}")
+
+
+def _unreadable(row: RawRow) -> SourceItem:
+    return SourceItem(row.origin, row.origin, RowError(row.error, row.kind or "invalid row"), row.raw, row.rows)
 
 
 def in_split(example: Example, split: str | None, dev_fraction: float) -> bool:
@@ -78,16 +99,21 @@ def ranking_to_pairs(ranking: RankedResponses, mode: str) -> list[PreferencePair
 
 
 # -- OpenAssistant ------------------------------------------------------------------------------
-def _oasst(path: Path) -> Iterator[tuple[str, Any, Any]]:
-    for row in read_rows(path):
+def _oasst(path: Path, max_row_bytes: int) -> Iterator[SourceItem]:
+    for row in read_rows(path, max_row_bytes):
         if row.error is not None:
-            yield row.origin, RowError(row.error), row.raw
+            yield _unreadable(row)
             continue
         tree = row.value
         if not isinstance(tree, dict) or not isinstance(tree.get("prompt"), dict):
-            yield row.origin, RowError("expected a message tree with a 'prompt' message"), tree
+            yield SourceItem(row.origin, row.origin,
+                             RowError("expected a message tree with a 'prompt' message", "malformed row"), tree)
             continue
-        yield from ((row.origin, example, None) for example in _oasst_rankings(tree["prompt"], [], row.origin))
+        rankings = list(_oasst_rankings(tree["prompt"], [], row.origin))
+        for ranking in rankings:
+            yield SourceItem(row.origin, ranking.origin, ranking)
+        if not rankings:
+            yield SourceItem(row.origin, row.origin, None)  # no prompter turn with 2+ ranked replies
 
 
 def _oasst_rankings(message: dict, history: list, origin: str) -> Iterator[RankedResponses]:
@@ -109,61 +135,85 @@ def _oasst_rankings(message: dict, history: list, origin: str) -> Iterator[Ranke
 QA_PAIRS = [(1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4)]
 
 
-def _qa_feedback(path: Path, include_passages: bool) -> Iterator[tuple[str, Any, Any]]:
-    for row in read_rows(path):
+def _qa_feedback(path: Path, include_passages: bool, max_row_bytes: int) -> Iterator[SourceItem]:
+    for row in read_rows(path, max_row_bytes):
+        if row.error is not None:
+            yield _unreadable(row)
+            continue
         item = row.value
         try:
-            labels = item["preference"]
-            if isinstance(labels, str):
-                labels = json.loads(labels)
-            if not isinstance(labels, list) or len(labels) != 6 or any(label not in (0, 1, 2) for label in labels):
-                raise RowError(f"'preference' must hold 6 labels in {{0, 1, 2}}, got {labels!r}")
-            question = item["question"]
-            if include_passages:
-                passages = item.get("passages") or []
-                context = "\n".join(f"{p[0]}: {p[1]}" if isinstance(p, list) else str(p) for p in passages)
-                question = f"{context}\n\n{question}"
-            prompt = [{"role": "user", "content": question}]
-            for (a, b), label in zip(QA_PAIRS, labels):
-                first, second = item[f"prediction {a}"], item[f"prediction {b}"]
-                if first.strip() == second.strip():
-                    continue  # identical answers carry no preference; counted by the loader as deduplicated
-                chosen, rejected = (second, first) if label == 2 else (first, second)
-                yield (f"{row.origin} pair ({a},{b})",
-                       PreferencePair(prompt, chosen.strip(), rejected.strip(), f"{row.origin} pair ({a},{b})",
-                                      probability=0.5 if label == 0 else 1.0), None)
-        except KeyError as exc:
-            yield row.origin, RowError(f"missing key {exc.args[0]!r}"), item
+            pairs = _qa_pairs(item, row.origin, include_passages)
+        except (KeyError, TypeError, AttributeError) as exc:
+            yield SourceItem(row.origin, row.origin, RowError(f"malformed QA-Feedback item: missing or wrong "
+                                                              f"{exc.args[0] if exc.args else exc}", "malformed row"), item)
+            continue
         except RowError as exc:
-            yield row.origin, exc, item
+            yield SourceItem(row.origin, row.origin, exc, item)
+            continue
+        for pair in pairs:
+            yield SourceItem(row.origin, pair.origin, pair)
+        if not pairs:
+            yield SourceItem(row.origin, row.origin, None)  # all four predictions identical
+
+
+def _qa_pairs(item: dict, origin: str, include_passages: bool) -> list[PreferencePair]:
+    labels = item["preference"]
+    if isinstance(labels, str):
+        labels = json.loads(labels)
+    if not isinstance(labels, list) or len(labels) != 6 or any(label not in (0, 1, 2) for label in labels):
+        raise RowError(f"'preference' must hold 6 labels in {{0, 1, 2}}, got {labels!r}", "malformed row")
+    question = item["question"]
+    if include_passages:
+        passages = item.get("passages") or []
+        context = "\n".join(f"{p[0]}: {p[1]}" if isinstance(p, list) else str(p) for p in passages)
+        question = f"{context}\n\n{question}"
+    prompt = [{"role": "user", "content": question}]
+    pairs = []
+    for (a, b), label in zip(QA_PAIRS, labels):
+        first, second = item[f"prediction {a}"], item[f"prediction {b}"]
+        if first.strip() == second.strip():
+            continue  # identical answers carry no preference
+        chosen, rejected = (second, first) if label == 2 else (first, second)
+        pairs.append(PreferencePair(prompt, chosen.strip(), rejected.strip(), f"{origin} pair ({a},{b})",
+                                    probability=0.5 if label == 0 else 1.0))
+    return pairs
 
 
 # -- CoNaLa grades ------------------------------------------------------------------------------
 CONALA_CANDIDATES = ("snippet", "baseline", "tranx-annot", "best-tranx", "best-tranx-rerank", "codex")
 
 
-def _conala(path: Path) -> Iterator[tuple[str, Any, Any]]:
-    for row in read_rows(path):
+def _conala(path: Path, max_row_bytes: int) -> Iterator[SourceItem]:
+    for row in read_rows(path, max_row_bytes):
+        if row.error is not None:
+            yield _unreadable(row)
+            continue
         item = row.value
         try:
-            grades: dict[str, list[float]] = {}
-            for name in CONALA_CANDIDATES:
-                if name not in item or f"grade-{name}" not in item:
-                    continue
-                code = item[name][0] if isinstance(item[name], list) else item[name]
-                raw = item[f"grade-{name}"]
-                raw = ast.literal_eval(raw) if isinstance(raw, str) else raw
-                if code.strip():
-                    grades.setdefault(code.strip(), []).extend(float(g) for g in raw.values())
-            if len(grades) < 2:
-                continue  # fewer than two distinct candidates: nothing to compare
-            means = {code: sum(g) / len(g) for code, g in grades.items()}
-            ordered = sorted(means, key=lambda code: -means[code])
-            distinct = sorted(set(means.values()), reverse=True)
-            ranks = [distinct.index(means[code]) for code in ordered]  # dense ranks: equal means tie
-            if len(distinct) < 2:
-                continue
-            yield row.origin, RankedResponses([{"role": "user", "content": item["intent"]}], ordered, ranks, row.origin,
-                                              scores=[means[code] for code in ordered]), None
-        except (KeyError, ValueError, SyntaxError, AttributeError) as exc:
-            yield row.origin, RowError(f"malformed CoNaLa item: {exc}"), item
+            ranking = _conala_ranking(item, row.origin)
+        except (KeyError, ValueError, SyntaxError, AttributeError, TypeError) as exc:
+            yield SourceItem(row.origin, row.origin, RowError(f"malformed CoNaLa item: {exc}", "malformed row"), item)
+            continue
+        yield SourceItem(row.origin, row.origin, ranking)  # None: fewer than two distinct grades
+
+
+def _conala_ranking(item: dict, origin: str) -> RankedResponses | None:
+    grades: dict[str, list[float]] = {}
+    for name in CONALA_CANDIDATES:
+        if name not in item or f"grade-{name}" not in item:
+            continue
+        code = item[name][0] if isinstance(item[name], list) else item[name]
+        raw = item[f"grade-{name}"]
+        raw = ast.literal_eval(raw) if isinstance(raw, str) else raw
+        if code.strip():
+            grades.setdefault(code.strip(), []).extend(float(g) for g in raw.values())
+    if len(grades) < 2:
+        return None  # fewer than two distinct candidates: nothing to compare
+    means = {code: sum(g) / len(g) for code, g in grades.items()}
+    ordered = sorted(means, key=lambda code: -means[code])
+    distinct = sorted(set(means.values()), reverse=True)
+    ranks = [distinct.index(means[code]) for code in ordered]  # dense ranks: equal means tie
+    if len(distinct) < 2:
+        return None
+    return RankedResponses([{"role": "user", "content": item["intent"]}], ordered, ranks, origin,
+                           scores=[means[code] for code in ordered])

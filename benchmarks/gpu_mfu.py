@@ -1,0 +1,120 @@
+"""GPU throughput and model FLOPs utilization of the reward-model training step.
+
+Runs rlhf_rm's own training step (batching → RewardModel → Bradley-Terry → AdamW) on one GPU for a
+1B-class Llama built in code (random weights: FLOPs do not depend on them), on real HH-RLHF pairs
+tokenized with the SmolLM2 tokenizer, in bf16 autocast, and compares the padded layout (one row per
+response, the prompt computed twice) with the prefix-shared layout.
+
+MFU = 6 · N · (tokens the model computed) / seconds / peak bf16 FLOP/s, with N the parameters
+excluding embeddings (the usual convention); attention FLOPs are not counted, so this is a lower bound.
+
+    python benchmarks/gpu_mfu.py --tokenizer DIR --data train.jsonl [--size 1b] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+SIZES = {  # Llama-3.2-1B-like and a tiny one for a CPU smoke run
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokenizer", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--size", default="1b", choices=sorted(SIZES))
+    parser.add_argument("--pairs", type=int, default=1024)
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--tokens-per-step", type=int, default=32768)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--layouts", default="separate,prefix_shared")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from rlhf_rm.batching.collate import collate
+    from rlhf_rm.batching.planner import plan_steps
+    from rlhf_rm.batching.tokenize import ResponseEncoder
+    from rlhf_rm.data import load_pairs
+    from rlhf_rm.losses import LossInputs, build_loss
+    from rlhf_rm.model import RewardModel, ensure_pad_token
+    from rlhf_rm.batching.planner import row_length
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    ensure_pad_token(tokenizer)
+    pairs, _ = load_pairs(args.data, limit=args.pairs)
+    encoder = ResponseEncoder(tokenizer, max_length=args.max_length)
+    groups = [encoder.encode_pair(p) for p in pairs]
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id, **SIZES[args.size])
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = RewardModel(LlamaForSequenceClassification(config)).to(device)
+    n_params = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    loss_fn = build_loss({"name": "bradley_terry"})
+    results = {"device": name, "params_non_embedding": n_params, "size": args.size}
+    for layout in args.layouts.split(","):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+        lengths = [row_length(g, layout) for g in groups]
+        plan = [step[0] for step in plan_steps(lengths, 1, args.tokens_per_step, seed=0)]
+        batches = [collate([groups[i] for i in step], tokenizer.pad_token_id, layout) for step in plan]
+        needed = args.warmup + args.steps
+        batches = (batches * (needed // len(batches) + 1))[:needed]
+        computed = pairs_done = 0
+        started = None
+        for index, batch in enumerate(batches):
+            if index == args.warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+            inputs = {k: v.to(device, non_blocking=True) for k, v in batch.model_inputs().items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                flat = model(**inputs)
+            rewards, mask = batch.per_group(flat.float())
+            step_groups = [None] * len(batch.group_sizes)
+            loss = loss_fn(LossInputs(rewards=rewards, mask=mask,
+                                      ranks=torch.tensor([[0.0, 1.0]] * len(step_groups), device=device),
+                                      is_pair=torch.ones(len(step_groups), dtype=torch.bool, device=device),
+                                      probability=torch.ones(len(step_groups), device=device),
+                                      margin=torch.full((len(step_groups),), float("nan"), device=device)))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if index >= args.warmup:
+                computed += int(batch.real_tokens)
+                pairs_done += len(batch.group_sizes)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        flops = 6 * n_params * computed
+        row = {"pairs_per_s": pairs_done / seconds, "tokens_per_s": computed / seconds,
+               "tflops": flops / seconds / 1e12, "mfu": flops / seconds / peak if peak else None,
+               "steps": args.steps, "pairs_timed": pairs_done,
+               "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None}
+        results[layout] = row
+        print(layout, json.dumps(row), flush=True)
+        del optimizer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+    if "separate" in results and "prefix_shared" in results:
+        results["prefix_speedup_pairs_per_s"] = results["prefix_shared"]["pairs_per_s"] / results["separate"]["pairs_per_s"]
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
