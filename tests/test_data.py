@@ -95,7 +95,7 @@ def test_non_utf8_line_names_line(tmp_path):
 
 def test_skip_quarantines_and_counts(tmp_path):
     good = {"prompt": "p", "chosen": " a", "rejected": " b"}
-    rows = [good] + [row for row, _ in BAD_ROWS] + [good]
+    rows = [good] + [row for row, _ in BAD_ROWS] + [{**good, "prompt": "q"}]  # distinct: repeats are deduplicated
     path = write_jsonl(tmp_path / "mixed.jsonl", rows)
     quarantine = tmp_path / "q.jsonl"
     pairs, report = load_pairs(path, on_error="skip", quarantine_path=quarantine)

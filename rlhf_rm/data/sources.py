@@ -143,12 +143,15 @@ def _qa_feedback(path: Path, include_passages: bool, max_row_bytes: int) -> Iter
         item = row.value
         try:
             pairs = _qa_pairs(item, row.origin, include_passages)
-        except (KeyError, TypeError, AttributeError) as exc:
-            yield SourceItem(row.origin, row.origin, RowError(f"malformed QA-Feedback item: missing or wrong "
-                                                              f"{exc.args[0] if exc.args else exc}", "malformed row"), item)
+        except KeyError as exc:
+            yield SourceItem(row.origin, row.origin, RowError(f"missing key {exc.args[0]!r}", "missing key"), item)
             continue
         except RowError as exc:
             yield SourceItem(row.origin, row.origin, exc, item)
+            continue
+        except (TypeError, AttributeError, ValueError) as exc:
+            yield SourceItem(row.origin, row.origin, RowError(f"malformed QA-Feedback item: {exc}", "malformed row"),
+                             item)
             continue
         for pair in pairs:
             yield SourceItem(row.origin, pair.origin, pair)
