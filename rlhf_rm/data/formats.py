@@ -159,19 +159,20 @@ def _freeze(text: Any) -> str:
 
 
 def _check_text(key: str, value: Any, allow_empty: bool = False) -> None:
+    empty = "empty prompt" if key == "prompt" else "empty response"
     if isinstance(value, str):
         if not allow_empty and not value.strip():
-            raise RowError(f"{key!r} is empty", "empty text")
+            raise RowError(f"{key!r} is empty", empty)
         return
     if isinstance(value, list):
         if not value and not allow_empty:
-            raise RowError(f"{key!r} is an empty message list", "empty text")
+            raise RowError(f"{key!r} is an empty message list", empty)
         for position, message in enumerate(value):
             if not isinstance(message, dict) or not isinstance(message.get("content"), str) \
                     or not isinstance(message.get("role"), str):
                 raise RowError(f"{key!r} message {position} must be an object with string 'role' and 'content'",
                                "wrong type")
         if not allow_empty and not any(m["content"].strip() for m in value):
-            raise RowError(f"{key!r} has only empty messages", "empty text")
+            raise RowError(f"{key!r} has only empty messages", empty)
         return
     raise RowError(f"{key!r} must be a string or a list of chat messages, got {type(value).__name__}", "wrong type")

@@ -76,10 +76,10 @@ def _read_jsonl(path: Path, max_row_bytes: int) -> Iterator[RawRow]:
             except json.JSONDecodeError as exc:
                 if ends_mid_line:
                     yield RawRow(origin, error=f"the file ends mid-line (truncated write?): the last line is "
-                                               f"incomplete JSON ({exc.msg} at column {exc.colno})",
+                                               f"incomplete JSON ({exc.msg} at column {exc.pos + 1})",
                                  raw=text, kind="truncated file")
                 else:
-                    yield RawRow(origin, error=f"invalid JSON: {exc.msg} at column {exc.colno}",
+                    yield RawRow(origin, error=f"invalid JSON: {exc.msg} at column {exc.pos + 1}",
                                  raw=text.rstrip("\n"), kind="invalid JSON")
                 continue
             yield RawRow(origin, value=value)
