@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import hydra
@@ -18,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf_rm.backbone import resolve_backbone
 from rlhf_rm.batching.tokenize import ResponseEncoder
-from rlhf_rm.data.load import load_examples, normalize_source
+from rlhf_rm.data.load import content_key, load_examples, normalize_source
+from rlhf_rm.data.readers import DEFAULT_MAX_ROW_BYTES
 from rlhf_rm.losses import build_loss, check_loss_fits_data
 from rlhf_rm.metrics import headline
 from rlhf_rm.model import load_tokenizer
@@ -40,24 +42,79 @@ def source_specs(entries) -> list[dict]:
 
 
 def prepare_split(entries, data_cfg, encoder: ResponseEncoder, run_dir: Path, split: str, limit, seed: int):
+    """Read, validate, deduplicate and encode one split → (groups, summary). Encoded groups are cached
+    (data.cache); the train split is also checked against dev for overlapping examples."""
+    dev_keys = None
+    if split == "train" and data_cfg.get("dev"):
+        # The dev split goes through the same cache, so its own prepare_split call afterwards is a hit.
+        _, dev_content, _ = _encoded_split(source_specs(data_cfg.dev), data_cfg, encoder, run_dir, "dev",
+                                           data_cfg.get("dev_limit"))
+        dev_keys = frozenset(dev_content)
     specs = source_specs(entries)
-    groups, reports = [], {}
+    unique, _, summary = _encoded_split(specs, data_cfg, encoder, run_dir, split, limit, dev_keys)
+    groups, start = [], 0
+    for spec in specs:  # groups are stored source by source; weights apply after the cache
+        count = summary["sources"][spec["name"]]["examples"]
+        encoded = unique[start:start + count]
+        start += count
+        groups.extend(apply_weight(encoded, spec["weight"], seed) if split == "train" else encoded)
+    summary["groups"] = len(groups)
+    return groups, summary
+
+
+SUMMARY_COUNTS = ("rows_read", "used", "examples", "other_split", "without_comparison", "deduplicated",
+                  "duplicate_examples", "dev_overlap", "dropped_dev_overlap", "ties", "quarantined")
+
+
+def _encoded_split(specs, data_cfg, encoder: ResponseEncoder, run_dir: Path, split: str, limit, dev_keys=None):
+    """(encoded groups before weighting, their content keys, summary), from the cache when it has them."""
+    from rlhf_rm.data import token_cache
+
+    options = {"on_error": data_cfg.on_error, "limit": limit, "prompt_separator": data_cfg.prompt_separator,
+               "max_row_bytes": data_cfg.get("max_row_bytes") or DEFAULT_MAX_ROW_BYTES,
+               "dedupe": bool(data_cfg.get("dedupe", True)),
+               "drop_dev_overlap": bool(data_cfg.get("drop_dev_overlap", False)) and dev_keys is not None}
+    quarantine_names = {spec["name"]: f"quarantine_{split}_{spec['name']}.jsonl" for spec in specs}
+    key = None
+    if data_cfg.get("cache", True):
+        key = token_cache.cache_key({
+            "split": split, "options": options, "encoder": token_cache.encoder_fingerprint(encoder),
+            "sources": [{**{k: v for k, v in spec.items() if k != "weight"},
+                         "sha256": token_cache.file_digest(spec["path"]) if Path(spec["path"]).is_file() else None}
+                        for spec in specs],
+            "dev_keys": token_cache.cache_key({"keys": sorted(dev_keys)}) if dev_keys else None})
+        hit = token_cache.load(key, run_dir)
+        if hit is not None:
+            groups, content, stored = hit
+            summary = stored["summary"]
+            for name, copy in stored["quarantine"].items():
+                summary["sources"][name]["quarantine_file"] = copy
+            summary["cache"] = {"hit": True, "path": str(token_cache.cache_dir() / f"{key}.arrow")}
+            return groups, content, summary
+
+    seen: set = set()  # shared by the split's sources: a pair repeated across sources is kept once
+    groups, content, reports = [], [], {}
     for spec in specs:
-        tagged, report = load_examples([spec], on_error=data_cfg.on_error, limit=limit,
-                                       quarantine_path=run_dir / f"quarantine_{split}_{spec['name']}.jsonl",
-                                       prompt_separator=data_cfg.prompt_separator)
-        encoded = [encoder.encode_example(example, source) for source, example in tagged]
-        if split == "train":
-            encoded = apply_weight(encoded, spec["weight"], seed)
-        groups.extend(encoded)
+        tagged, report = load_examples([spec], quarantine_path=run_dir / quarantine_names[spec["name"]],
+                                       seen=seen, dev_keys=dev_keys, **options)
+        groups += [encoder.encode_example(example, source) for source, example in tagged]
+        content += [content_key(example) for _, example in tagged]
         reports[spec["name"]] = report.as_dict()
-    summary = {key: sum(r[key] for r in reports.values())
-               for key in ("rows_read", "used", "examples", "other_split", "without_comparison", "ties", "quarantined")}
+    summary = {key_: sum(r[key_] for r in reports.values()) for key_ in SUMMARY_COUNTS}
+    by_reason = Counter()
+    for report in reports.values():
+        by_reason.update(report["quarantined_by_reason"])
+    summary["quarantined_by_reason"] = dict(by_reason)
     summary["prompt_truncated"] = sum(g.prompt_truncated for g in groups)
     summary["response_truncated"] = sum(g.response_truncated for g in groups)
-    summary["groups"] = len(groups)
     summary["sources"] = reports
-    return groups, summary
+    summary["cache"] = {"hit": False, "path": None}
+    if key is not None:
+        written = {name: r["quarantine_file"] for name, r in reports.items() if r["quarantine_file"]}
+        path = token_cache.save(key, groups, content, {"summary": summary, "quarantine_names": quarantine_names},
+                                written)
+        summary["cache"] = {"hit": False, "path": str(path)}
+    return groups, content, summary
 
 
 def apply_weight(groups: list, weight: float, seed: int) -> list:
@@ -79,16 +136,32 @@ def data_shapes(groups) -> tuple[set, set]:
 
 
 def format_data_summary(split: str, summary: dict) -> str:
-    line = (f"data[{split}]: {summary['rows_read']} rows read, {summary['used']} used → {summary['groups']} examples, "
-            f"{summary['quarantined']} quarantined, {summary['prompt_truncated']} prompts truncated, "
-            f"{summary['response_truncated']} responses truncated")
+    """Start-up lines: where every row went (rows read = used + quarantined + deduplicated + dropped as dev
+    overlap + other split + without comparison), truncation, overlap with dev and the cache."""
+    line = (f"data[{split}]: {summary['rows_read']} rows read, {summary['used']} used → {summary['examples']} examples"
+            f" → {summary['groups']} groups; {summary['quarantined']} quarantined, "
+            f"{summary.get('deduplicated', 0)} deduplicated")
+    for key, label in (("dropped_dev_overlap", "dropped as dev overlap"), ("other_split", "in the other split"),
+                       ("without_comparison", "without a comparison")):
+        if summary.get(key):
+            line += f", {summary[key]} {label}"
+    line += (f"\n  truncated: {summary['prompt_truncated']} prompts, {summary['response_truncated']} responses"
+             f" (no example is dropped for length)")
+    if summary.get("duplicate_examples"):
+        line += f"; {summary['duplicate_examples']} repeated examples removed"
     if summary["ties"]:
-        line += f", {summary['ties']} ties"
-    if summary["other_split"]:
-        line += f", {summary['other_split']} rows in the other split"
-    for name, report in summary["sources"].items():
-        if report["quarantined"]:
-            line += f"\n  {name}: quarantined by reason {report['quarantined_by_reason']} → {report['quarantine_file']}"
+        line += f"; {summary['ties']} ties"
+    if summary.get("dev_overlap"):
+        action = "removed" if summary.get("dropped_dev_overlap") else "kept; data.drop_dev_overlap=true removes them"
+        line += f"\n  dev overlap: {summary['dev_overlap']} train examples also appear in dev ({action})"
+    if summary["quarantined"]:
+        line += f"\n  quarantined by reason: {summary.get('quarantined_by_reason', {})}"
+        for name, report in summary["sources"].items():
+            if report["quarantined"]:
+                line += f"\n    {name}: {report['quarantined_by_reason']} → {report['quarantine_file']}"
+    cache = summary.get("cache") or {}
+    if cache.get("path"):
+        line += f"\n  tokenized cache: {'hit' if cache['hit'] else 'written'} {cache['path']}"
     return line
 
 
