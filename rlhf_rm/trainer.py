@@ -100,6 +100,8 @@ def train_loop_per_worker(config: dict) -> None:
     use_bf16 = bool(trainer_cfg.get("bf16")) and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
     tracker = RunTracker(cfg.get("logger"), config["run_dir"], cfg) if rank == 0 else None
+    if tracker:
+        tracker.summary(flatten({"data": config["metadata"].get("data_summary", {})}))
     total_pairs = sum(len(shard) for plan in plans for assignment in plan for shard in assignment)
     pairs_done_before = sum(len(shard) for epoch, s in trained_steps for shard in plans[epoch][s])
     progress = None
@@ -216,6 +218,18 @@ def train_loop_per_worker(config: dict) -> None:
         tracker.summary(summary)
         tracker.finish()
     save(dev, epochs, 0, final=True, extra={k: v for k, v in summary.items() if not k.startswith("dev/")})
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"data": {"train": {"used": 3}}} → {"data/train/used": 3}, for W&B's flat summary keys."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "/"))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            flat[name] = value
+    return flat
 
 
 def ensemble_loss(flat: torch.Tensor, batch, groups, loss_fn):

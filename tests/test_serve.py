@@ -394,3 +394,36 @@ def test_hot_reload_under_load_loses_no_request(pool, direct, texts):
             assert info["checkpoint"] == pool.checkpoint_b and info["live_settings"]["max_batch_size"] == 16
         assert_scores(http.post("/score", json={"prompts": texts[0][:4], "responses": texts[1][:4]}).json()["scores"],
                       want_b)
+
+
+# -- ensembles ---------------------------------------------------------------------------------------
+def test_ensemble_mean_and_spread_through_the_client(pool, texts, tmp_path, tiny_backbone, tiny_tokenizer):
+    """A K-head checkpoint is served as the heads' mean with their std as spread, over handle and HTTP."""
+    import dataclasses
+
+    from ray import serve
+
+    from rlhf_rm.model import load_reward_model, save_checkpoint
+    from rlhf_rm.scoring import RewardScorer
+    from rlhf_rm.serve import RewardClient
+    from rlhf_rm.serve.app import start
+
+    torch.manual_seed(1)
+    ensemble = load_reward_model(tiny_backbone, tiny_tokenizer, head_init_std=1.0, ensemble_size=3)
+    checkpoint = str(save_checkpoint(ensemble, tiny_tokenizer, tmp_path / "ensemble", {"max_length": 512}))
+    config = dataclasses.replace(pool.config, app_name="rm_ensemble", route_prefix="/ensemble", num_replicas=1,
+                                 live=dataclasses.replace(pool.config.live, checkpoint=checkpoint))
+    start(config)
+    try:
+        prompts, responses = texts
+        direct = RewardScorer(checkpoint).score(prompts, responses)
+        assert all(d.spread is not None and d.spread > 0 for d in direct)
+        for client in (RewardClient("rm_ensemble"),
+                       RewardClient(url=pool.url + "/ensemble", token_env=TOKEN_ENV)):
+            scores, spreads = client.score_with_spread(prompts, responses)
+            assert_scores(scores, [d.score for d in direct])
+            assert_scores(spreads, [d.spread for d in direct])
+        # A single-head pool answers without spreads.
+        assert RewardClient(APP).score_with_spread(prompts[:2], responses[:2])[1] is None
+    finally:
+        serve.delete("rm_ensemble")

@@ -4,6 +4,7 @@
     client = RewardClient(url="http://127.0.0.1:8000")   # plain HTTP (token from RLHF_RM_SERVE_TOKEN)
     rewards = client.score(prompts, responses)           # list[float]; chat message lists work too
     rewards = await client.ascore(prompts, responses)    # from async code / async actors
+    rewards, spreads = client.score_with_spread(prompts, responses)   # ensembles: mean and std of heads
 
 The client is picklable (connections are opened lazily), splits calls larger than the pool's
 per-request limit, and retries when a replica dies or is restarting; bad input is not retried.
@@ -42,17 +43,29 @@ class RewardClient:
 
     # -- public API ----------------------------------------------------------------------------
     def score(self, prompts: list, responses: list) -> list[float]:
-        chunks = self._chunks(prompts, responses)
-        if self.url:
-            return [s for p, r in chunks for s in self._retry_sync(lambda p=p, r=r: self._http_score(p, r))]
-        # Submit every chunk first so they spread over replicas, then collect in order.
-        pending = [(p, r, self._get_handle().score.remote(p, r, self.normalize)) for p, r in chunks]
-        return [s for p, r, response in pending for s in self._handle_result(p, r, response)]
+        return [s for result in self._results(prompts, responses) for s in result["scores"]]
+
+    def score_with_spread(self, prompts: list, responses: list) -> tuple[list[float], list[float] | None]:
+        """(rewards, spreads): an ensemble checkpoint's mean and std across its heads, so a PPO loop can
+        penalise uncertain rewards; spreads is None for a single-head model."""
+        results = self._results(prompts, responses)
+        scores = [s for result in results for s in result["scores"]]
+        if not results or results[0].get("spreads") is None:
+            return scores, None
+        return scores, [s for result in results for s in result["spreads"]]
 
     async def ascore(self, prompts: list, responses: list) -> list[float]:
         chunks = self._chunks(prompts, responses)
         results = await asyncio.gather(*(self._retry_async(p, r) for p, r in chunks))
-        return [s for chunk in results for s in chunk]
+        return [s for result in results for s in result["scores"]]
+
+    def _results(self, prompts: list, responses: list) -> list[dict]:
+        chunks = self._chunks(prompts, responses)
+        if self.url:
+            return [self._retry_sync(lambda p=p, r=r: self._http_score(p, r)) for p, r in chunks]
+        # Submit every chunk first so they spread over replicas, then collect in order.
+        pending = [(p, r, self._get_handle().score.remote(p, r, self.normalize)) for p, r in chunks]
+        return [self._handle_result(p, r, response) for p, r, response in pending]
 
     # -- transports ------------------------------------------------------------------------------
     def _get_handle(self):
@@ -69,36 +82,36 @@ class RewardClient:
     def _body(self, prompts, responses) -> dict:
         return {"prompts": prompts, "responses": responses, "normalize": self.normalize}
 
-    def _handle_result(self, prompts, responses, response) -> list[float]:
+    def _handle_result(self, prompts, responses, response) -> dict:
         """Wait for a submitted call; on a retryable failure submit it again (to whichever replica is up)."""
         for attempt in range(self.retries + 1):
             try:
-                return response.result(timeout_s=self.timeout_s)["scores"]
+                return response.result(timeout_s=self.timeout_s)
             except Exception as error:  # noqa: BLE001 - classified by _retryable
                 if not _retryable(error) or attempt == self.retries:
                     raise
                 time.sleep(self.backoff_s * 2 ** attempt)
                 response = self._get_handle().score.remote(prompts, responses, self.normalize)
 
-    def _http_score(self, prompts, responses) -> list[float]:
+    def _http_score(self, prompts, responses) -> dict:
         import httpx
 
         if self._http is None:
             self._http = httpx.Client(timeout=self.timeout_s)
         reply = self._http.post(f"{self.url}/score", json=self._body(prompts, responses), headers=self._headers())
-        return _scores_from(reply)
+        return _result_from(reply)
 
-    async def _ahttp_score(self, prompts, responses) -> list[float]:
+    async def _ahttp_score(self, prompts, responses) -> dict:
         import httpx
 
         if self._ahttp is None:
             self._ahttp = httpx.AsyncClient(timeout=self.timeout_s, limits=httpx.Limits(max_connections=256))
         reply = await self._ahttp.post(f"{self.url}/score", json=self._body(prompts, responses),
                                        headers=self._headers())
-        return _scores_from(reply)
+        return _result_from(reply)
 
-    async def _ahandle_score(self, prompts, responses) -> list[float]:
-        return (await self._get_handle().score.remote(prompts, responses, self.normalize))["scores"]
+    async def _ahandle_score(self, prompts, responses) -> dict:
+        return await self._get_handle().score.remote(prompts, responses, self.normalize)
 
     # -- retries -------------------------------------------------------------------------------
     def _retry_sync(self, call):
@@ -133,12 +146,12 @@ class _RetryableHTTPError(RewardServiceError):
     pass
 
 
-def _scores_from(reply) -> list[float]:
+def _result_from(reply) -> dict:
     if reply.status_code >= 500:
         raise _RetryableHTTPError(f"pool answered {reply.status_code}: {reply.text[:200]}")
     if reply.status_code != 200:
         raise RewardServiceError(f"pool answered {reply.status_code}: {reply.text[:500]}")
-    return reply.json()["scores"]
+    return reply.json()
 
 
 def _retryable(error: Exception) -> bool:

@@ -111,17 +111,19 @@ class _ForwardQueue:
                 start += len(items)
 
 
-def _score_items(items: list[tuple[RewardScorer, EncodedGroup]]) -> list[float]:
-    """Forward a merged batch; items encoded by different scorers (mid-reload) go to their own model."""
-    scores = [0.0] * len(items)
+def _score_items(items: list[tuple[RewardScorer, EncodedGroup]]) -> list[tuple[float, float | None]]:
+    """Forward a merged batch; items encoded by different scorers (mid-reload) go to their own model.
+    Each item gets (score, spread); spread is the std across ensemble heads, None for one head."""
+    results: list[tuple[float, float | None]] = [(0.0, None)] * len(items)
     by_scorer: dict[int, list[int]] = {}
     for index, (scorer, _) in enumerate(items):
         by_scorer.setdefault(id(scorer), []).append(index)
     for indices in by_scorer.values():
         scorer = items[indices[0]][0]
-        for index, value in zip(indices, scorer.score_encoded([items[i][1] for i in indices])):
-            scores[index] = value
-    return scores
+        values, spreads = scorer.score_encoded_with_spread([items[i][1] for i in indices])
+        for position, (index, value) in enumerate(zip(indices, values)):
+            results[index] = (value, None if spreads is None else spreads[position])
+    return results
 
 
 @serve.deployment
@@ -166,7 +168,7 @@ class ScoringDeployment:
     # max_batch_size x max_concurrent_batches exceeds max_ongoing_requests; our items are texts, not
     # requests, so that bound does not apply.)
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.002, max_concurrent_batches=64)
-    async def _forward_batch(self, items: list[tuple[RewardScorer, EncodedGroup]]) -> list[float]:
+    async def _forward_batch(self, items: list[tuple[RewardScorer, EncodedGroup]]) -> list[tuple]:
         return await self._forward_queue.run(items)
 
     async def score(self, prompts: list | None, responses: list, normalize: bool | None = None) -> dict:
@@ -181,10 +183,13 @@ class ScoringDeployment:
         loop = asyncio.get_running_loop()
         encoded = await loop.run_in_executor(
             self._tokenize_thread, lambda: [scorer.encode(p, r) for p, r in zip(prompts, responses)])
-        scores = await asyncio.gather(*(self._forward_batch((scorer, e)) for e in encoded))
+        results = await asyncio.gather(*(self._forward_batch((scorer, e)) for e in encoded))
+        scores = [score for score, _ in results]
+        spreads = [spread for _, spread in results] if scorer.ensemble_size > 1 else None
         if normalize:
             scores = [(s - mean) / std for s in scores]
-        return {"scores": list(scores), "normalized": bool(normalize),
+            spreads = None if spreads is None else [s / std for s in spreads]
+        return {"scores": scores, "spreads": spreads, "normalized": bool(normalize),
                 "truncated": [e.prompt_truncated or e.response_truncated for e in encoded],
                 "tokens": [e.shared_length() for e in encoded]}
 
