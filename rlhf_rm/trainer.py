@@ -118,6 +118,7 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             diagnostics = pair_diagnostics(dev_groups, scores)
             if diagnostics is not None:
+                Path(config["run_dir"]).mkdir(parents=True, exist_ok=True)
                 Path(config["run_dir"], "diagnostics.json").write_text(json.dumps(diagnostics, indent=2, default=str))
                 length = diagnostics["length"]
                 metrics.update({"length_reward_correlation": length.get("reward_length_correlation"),
@@ -279,6 +280,7 @@ def _save_and_report(model, engine, tokenizer, rank, metadata, train_state, opti
 def _write_progress(run_dir: str, step: int, epoch: int, step_in_epoch: int) -> None:
     """A tiny file other processes (tests, dashboards) can poll for the current position."""
     path = Path(run_dir) / "progress.json"
+    path.parent.mkdir(parents=True, exist_ok=True)  # rank 0 may sit on another node than the driver
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch, "pid": os.getpid()}))
     tmp.replace(path)
