@@ -60,7 +60,7 @@ def run_trl(args, backbone: str) -> dict:
                           lr_scheduler_type="cosine", warmup_steps=0.05, seed=0, dataloader_num_workers=0)
     trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_dict(rows), processing_class=tokenizer)
     kept = trainer.train_dataset
-    real_tokens = sum(len(r["chosen_input_ids"]) + len(r["rejected_input_ids"]) for r in kept)
+    real_tokens = sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in kept)
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
