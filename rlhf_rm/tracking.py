@@ -20,6 +20,18 @@ class RunTracker:
         if self.run is not None:
             self.run.log(metrics, step=step)
 
+    def log_evaluation(self, step: int, chosen: list, rejected: list, worst_rows: list) -> None:
+        """Reward histograms for chosen vs rejected and a table of the worst-scored dev pairs."""
+        if self.run is None:
+            return
+        import wandb
+
+        columns = ["margin", "chosen_reward", "rejected_reward", "prompt_end", "chosen", "rejected"]
+        self.run.log({"dev/worst_pairs": wandb.Table(columns=columns, data=worst_rows),
+                      "dev/chosen_rewards": wandb.Histogram(chosen),
+                      "dev/rejected_rewards": wandb.Histogram(rejected),
+                      "dev/margins": wandb.Histogram([c - r for c, r in zip(chosen, rejected)])}, step=step)
+
     def summary(self, values: dict) -> None:
         if self.run is not None:
             self.run.summary.update(values)

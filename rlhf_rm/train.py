@@ -207,6 +207,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                      "config": resolved, "data_summary": {"train": train_summary, "dev": dev_summary},
                      "max_length": cfg.data.max_length, "append_eos": cfg.data.append_eos},
     }
+    callbacks = []
+    if cfg.trainer.get("publish_to_serve"):
+        from rlhf_rm.serve.publish import PublishCheckpointsToPool
+
+        callbacks.append(PublishCheckpointsToPool(list(cfg.trainer.publish_to_serve)))
     use_gpu = bool(cfg.trainer.use_gpu)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -217,7 +222,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(name=str(cfg.run_name), storage_path=storage_location(cfg.trainer.storage_path),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.trainer.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=cfg.trainer.max_failures)),
+                             failure_config=FailureConfig(max_failures=cfg.trainer.max_failures),
+                             callbacks=callbacks),
     )
     result = trainer.fit()
     checkpoint_dir = run_dir / "checkpoint"

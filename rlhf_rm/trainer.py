@@ -116,8 +116,13 @@ def train_loop_per_worker(config: dict) -> None:
                                   autocast)
         scores = metrics.pop("_scores")
         if rank == 0:
-            diagnostics = pair_diagnostics(dev_groups, scores)
-            if diagnostics is not None:
+            found = pair_diagnostics(dev_groups, scores)
+            if found is not None:
+                diagnostics, chosen, rejected = found
+                if tracker:
+                    tracker.log_evaluation(step, chosen, rejected, [
+                        worst_pair_row(row, dev_groups[int(row["id"])], tokenizer)
+                        for row in diagnostics["worst_pairs"]])
                 Path(config["run_dir"]).mkdir(parents=True, exist_ok=True)
                 Path(config["run_dir"], "diagnostics.json").write_text(json.dumps(diagnostics, indent=2, default=str))
                 length = diagnostics["length"]
@@ -320,12 +325,12 @@ def evaluate_groups(forward, groups, plan, rank, world, pad_id, layout, device, 
     return metrics
 
 
-def pair_diagnostics(groups, scores) -> dict | None:
+def pair_diagnostics(groups, scores) -> tuple[dict, list, list] | None:
     """Issue-9 diagnostics (length bias, calibration, worst pairs) on the dev pairs with a hard label."""
     from rlhf_rm.diagnostics import diagnose
 
     chosen, rejected, chosen_len, rejected_len, sources, ids = [], [], [], [], [], []
-    for group, score in zip(groups, scores):
+    for index, (group, score) in enumerate(zip(groups, scores)):
         if group.kind != "pair" or group.probability == 0.5:
             continue
         first, second = (0, 1) if group.probability > 0.5 else (1, 0)
@@ -334,10 +339,18 @@ def pair_diagnostics(groups, scores) -> dict | None:
         chosen_len.append(len(group.response_ids[first]))
         rejected_len.append(len(group.response_ids[second]))
         sources.append(group.source or "data")
-        ids.append(str(len(ids)))
+        ids.append(str(index))
     if len(chosen) < 2:
         return None
-    return diagnose(chosen, rejected, chosen_len, rejected_len, sources=sources, ids=ids)
+    return diagnose(chosen, rejected, chosen_len, rejected_len, sources=sources, ids=ids), chosen, rejected
+
+
+def worst_pair_row(row: dict, group, tokenizer, prompt_tail_tokens: int = 48) -> list:
+    """One row of the W&B table of worst-scored dev pairs, with readable text."""
+    first, second = (0, 1) if group.probability > 0.5 else (1, 0)
+    return [row["margin"], row["chosen"], row["rejected"],
+            tokenizer.decode(group.prompt_ids[-prompt_tail_tokens:]),
+            tokenizer.decode(group.response_ids[first]), tokenizer.decode(group.response_ids[second])]
 
 
 def _build_optimizer(model, trainer_cfg: dict, total_steps: int):

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -83,7 +84,8 @@ def start_local_ray():
     # Ray gives its raylet a fixed 30 s to register; on a busy shared machine that can lapse once.
     for attempt in range(2):
         try:
-            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+            # The dashboard stays on: Ray Train (used by the publishing test) polls the state API.
+            ray.init(num_cpus=4, log_to_driver=False)
             return
         except Exception:  # noqa: BLE001 - retried once, then raised
             ray.shutdown()
@@ -427,3 +429,34 @@ def test_ensemble_mean_and_spread_through_the_client(pool, texts, tmp_path, tiny
         assert RewardClient(APP).score_with_spread(prompts[:2], responses[:2])[1] is None
     finally:
         serve.delete("rm_ensemble")
+
+
+# -- training publishes to the pool ------------------------------------------------------------------
+def test_training_run_publishes_each_checkpoint_to_the_running_pool(pool, tmp_path, tiny_backbone):
+    """A Ray Train run with trainer.publish_to_serve hot-reloads the pool with each checkpoint it reports."""
+    import dataclasses
+
+    from ray import serve
+
+    from rlhf_rm.serve.app import start
+    from rlhf_rm.train import run
+    from test_config import compose
+
+    app = "rm_published"
+    start(dataclasses.replace(pool.config, app_name=app, route_prefix="/published", num_replicas=1))
+    try:
+        cfg = compose([f"model.path={tiny_backbone}", f"data.train={FIXTURES / 'hh_train_small.jsonl'}",
+                       f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}", "trainer.num_workers=1",
+                       "trainer.tokens_per_worker=4000", "trainer.checkpoint_every=2", "logger=none",
+                       f"trainer.storage_path={tmp_path / 'ray'}",
+                       f"trainer.publish_to_serve=[app_name={app},route_prefix=/published,port={pool.config.port},"
+                       f"token_env={TOKEN_ENV},num_replicas=1,num_cpus_per_replica=0.5]"])
+        metrics = run(cfg, tmp_path / "run")
+        with pool.http() as http:
+            info = http.get("/published/info").json()
+        assert info["checkpoint"] != pool.checkpoint_a
+        assert (tmp_path / "ray") in Path(info["checkpoint"]).parents  # a checkpoint of this run
+        published_meta = json.loads((Path(info["checkpoint"]) / "rlhf_rm.json").read_text())
+        assert published_meta["final"] and published_meta["steps"] == metrics["step"]
+    finally:
+        serve.delete(app)
