@@ -54,9 +54,13 @@ def run_trl(args, backbone: str) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     rows = {"chosen": [p.prompt + p.chosen for p in train], "rejected": [p.prompt + p.rejected for p in train]}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     config = RewardConfig(output_dir=str(Path(args.work) / "trl"), per_device_train_batch_size=args.batch_pairs,
                           num_train_epochs=1, learning_rate=args.lr, max_length=args.max_length, report_to="none",
-                          use_cpu=True, save_strategy="no", logging_steps=10_000, disable_dropout=True,
+                          use_cpu=device == "cpu", save_strategy="no", logging_steps=10_000, disable_dropout=True,
+                          # Same precision and no recomputation as rlhf_rm (TRL defaults both on; bf16 on a
+                          # CPU without bf16 units is ~10x slower, which would flatter us).
+                          bf16=False, gradient_checkpointing=False,
                           lr_scheduler_type="cosine", warmup_steps=0.05, seed=0, dataloader_num_workers=0)
     trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_dict(rows), processing_class=tokenizer)
     kept = trainer.train_dataset
