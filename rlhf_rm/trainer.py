@@ -181,7 +181,7 @@ def train_loop_per_worker(config: dict) -> None:
             window["hard_pairs"] += len(chosen)
             if progress is not None:
                 progress.update(step_pairs)
-                _write_progress(config["run_dir"], step, epoch, step_in_epoch)
+                _write_progress(config["run_dir"], step, epoch, step_in_epoch, total_steps)
             if step % log_every == 0 or step == total_steps:
                 elapsed = time.perf_counter() - started
                 train_metrics = {"train/loss": window["loss"] / window["groups"],
@@ -282,12 +282,13 @@ def _save_and_report(model, engine, tokenizer, rank, metadata, train_state, opti
         ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp) if has_files else None)
 
 
-def _write_progress(run_dir: str, step: int, epoch: int, step_in_epoch: int) -> None:
+def _write_progress(run_dir: str, step: int, epoch: int, step_in_epoch: int, total_steps: int) -> None:
     """A tiny file other processes (tests, dashboards) can poll for the current position."""
     path = Path(run_dir) / "progress.json"
     path.parent.mkdir(parents=True, exist_ok=True)  # rank 0 may sit on another node than the driver
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch, "pid": os.getpid()}))
+    tmp.write_text(json.dumps({"step": step, "total_steps": total_steps, "epoch": epoch,
+                               "step_in_epoch": step_in_epoch, "pid": os.getpid()}))
     tmp.replace(path)
 
 

@@ -102,7 +102,12 @@ def test_ray_train_on_pairs_and_rankings_with_combo(tmp_path, tiny_backbone):
                    "data.limit=12", "data.max_length=128", "trainer.epochs=4", "trainer.lr=2e-3",
                    "trainer.tokens_per_worker=800", "trainer.log_every=1", "logger=none",
                    f"trainer.storage_path={tmp_path / 'ray'}", "ray.num_cpus=2"])
-    metrics = run(cfg, tmp_path / "run")
+    import ray
+
+    try:
+        metrics = run(cfg, tmp_path / "run")
+    finally:
+        ray.shutdown()  # run() started a local Ray; later modules start their own
     assert {"dev_accuracy", "dev_ranking_top1_accuracy", "dev_ranking_kendall_tau"} <= set(metrics)
     log = json.loads((tmp_path / "run" / "checkpoint" / "rlhf_rm.json").read_text())["metrics_log"]
     losses = [e["train/loss"] for e in log if "train/loss" in e]

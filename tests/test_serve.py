@@ -449,8 +449,11 @@ def test_training_run_publishes_each_checkpoint_to_the_running_pool(pool, tmp_pa
                        f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}", "trainer.num_workers=1",
                        "trainer.tokens_per_worker=4000", "trainer.checkpoint_every=2", "logger=none",
                        f"trainer.storage_path={tmp_path / 'ray'}",
-                       f"trainer.publish_to_serve=[app_name={app},route_prefix=/published,port={pool.config.port},"
-                       f"token_env={TOKEN_ENV},num_replicas=1,num_cpus_per_replica=0.5]"])
+                       # Hydra list of quoted serve overrides, as a user types it on the command line.
+                       "trainer.publish_to_serve=[" + ",".join(
+                           f'"{item}"' for item in (f"app_name={app}", "route_prefix=/published",
+                                                    f"port={pool.config.port}", f"token_env={TOKEN_ENV}",
+                                                    "num_replicas=1", "num_cpus_per_replica=0.5")) + "]"])
         metrics = run(cfg, tmp_path / "run")
         with pool.http() as http:
             info = http.get("/published/info").json()

@@ -2,7 +2,8 @@
 
 A Ray Train callback: it runs in the train controller, inside the same Ray cluster as the pool, and
 points the pool (same app name) at every new checkpoint; Serve rolls the replicas over without a
-failed request. Enable with `trainer.publish_to_serve=[app_name=rlhf_rm,...]` (serve config overrides).
+failed request. Enable with `'trainer.publish_to_serve=["app_name=rlhf_rm","num_replicas=2"]'` (serve
+config overrides, quoted for Hydra).
 The checkpoint path must be readable by the replicas: one machine, or storage every node mounts.
 """
 
@@ -22,7 +23,7 @@ class PublishCheckpointsToPool(UserCallback):
         from rlhf_rm.serve.app import start
         from rlhf_rm.serve.config import load_serve_config
 
-        start(load_serve_config(checkpoint.path, self.serve_overrides))
+        config = load_serve_config(checkpoint.path, self.serve_overrides)
+        start(config)
         self.published.append(checkpoint.path)
-        print(f"published checkpoint {checkpoint.path} to serving app "
-              f"{load_serve_config(checkpoint.path, self.serve_overrides).app_name}", flush=True)
+        print(f"published checkpoint {checkpoint.path} to serving app {config.app_name}", flush=True)
