@@ -305,12 +305,9 @@ def evaluate_groups(forward, groups, plan, rank, world, pad_id, layout, device, 
             if heads.ndim == 2:  # an ensemble: the reward is the heads' mean, their spread its uncertainty
                 spreads.extend(heads.std(dim=1, unbiased=False).tolist())
                 heads = heads.mean(dim=1)
-            flat = heads.tolist()
-            offsets = [0]
-            for size in batch.group_sizes:
-                offsets.append(offsets[-1] + size)
+            matrix, mask = batch.per_group(heads)
             indices.extend(mine)
-            scores.extend(flat[a:b] for a, b in zip(offsets, offsets[1:]))
+            scores.extend(row[real].tolist() for row, real in zip(matrix, mask))
     if world > 1:
         gathered: list = [None] * world
         dist.all_gather_object(gathered, (indices, scores, spreads))
