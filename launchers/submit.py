@@ -50,6 +50,10 @@ def job_command(job: str, args: list[str], python: str, output_root: str, stamp:
             command.append(f"hydra.run.dir={output_root}/{job}/{stamp}")
     if job == "train" and not has_override(args, "ray.address"):
         command.append("ray.address=auto")  # the job's driver joins the cluster it runs on
+    if job == "train" and not has_override(args, "trainer.storage_path"):
+        # The job's cwd is a throwaway copy of the upload: Ray Train checkpoints written there (the default
+        # outputs/ray) would be lost with it, and a resubmission could not resume from them.
+        command.append(f"trainer.storage_path={output_root}/ray")
     if job == "serve":
         for key, value in (("ray_address", "auto"), ("detach", "true")):
             if not has_override(args, key):

@@ -64,13 +64,13 @@ def test_launcher_passes_overrides_through_and_adds_cluster_defaults():
     command = submit.submit_command(opts, submit.job_command("train", passthrough, "python", "/out", "T"))
     entry = command[command.index("--") + 1:]
     assert entry == ["python", "-m", "rlhf_rm.train", "data.limit=8", "data.dev=[a, b]",
-                     "hydra.run.dir=/out/train/T", "ray.address=auto"]
+                     "hydra.run.dir=/out/train/T", "ray.address=auto", "trainer.storage_path=/out/ray"]
     env = json.loads(command[command.index("--runtime-env-json") + 1])
     assert {".venv", "outputs", ".git"} <= set(env["excludes"])
 
     # What the user set wins over the defaults; serve deploys detached and returns at once.
-    assert submit.job_command("train", ["ray.address=ray://h:10001", "hydra.run.dir=/r"], "python", "/out", "T") == [
-        "python", "-m", "rlhf_rm.train", "ray.address=ray://h:10001", "hydra.run.dir=/r"]
+    user_set = ["ray.address=ray://h:10001", "hydra.run.dir=/r", "trainer.storage_path=s3://b/rm"]
+    assert submit.job_command("train", user_set, "python", "/out", "T") == ["python", "-m", "rlhf_rm.train", *user_set]
     opts, passthrough = submit.parse(["serve", "--", "/ckpt", "num_replicas=2"])
     command = submit.submit_command(opts, submit.job_command("serve", passthrough, "python", "/out", "T"))
     assert "--no-wait" in command
@@ -218,7 +218,8 @@ def test_ray_job_submit_trains_tiny_model(local_cluster, tiny_backbone, tmp_path
     submission_id = f"rlhf_rm_test_{os.getpid()}_{int(time.time())}"
     submitted = subprocess.run(
         [sys.executable, str(REPO / "launchers" / "submit.py"), "train", "--address", local_cluster["address"],
-         "--python", sys.executable, "--submission-id", submission_id, "--no-wait", "--",
+         "--python", sys.executable, "--submission-id", submission_id, "--no-wait",
+         "--output-root", str(tmp_path / "out"), "--",
          f"model.path={tiny_backbone}", f"data.train={FIXTURES / 'hh_train_small.jsonl'}",
          f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}", "trainer.num_workers=1", "trainer.tokens_per_worker=1200",
          "logger=none", f"hydra.run.dir={run_dir}"],
@@ -240,6 +241,8 @@ def test_ray_job_submit_trains_tiny_model(local_cluster, tiny_backbone, tmp_path
     assert (run_dir / "checkpoint" / "rlhf_rm.json").exists()
     assert 0.0 <= metrics["dev_accuracy"] <= 1.0 and metrics["dev_pairs"] == 16
     assert str(run_dir / "metrics.json") in logs  # the driver's closing lines reached the job log
+    # Ray Train's checkpoints live under the output root, not in the job's throwaway working-dir copy.
+    assert list((tmp_path / "out" / "ray").glob("*/checkpoint_*")), "no Ray Train checkpoint under the output root"
 
     uploads = list(Path(local_cluster["temp_dir"]).glob("session_*/runtime_resources/working_dir_files/*"))
     assert uploads, "the job ran without an uploaded working dir"
