@@ -61,7 +61,8 @@ def run_trl(args, backbone: str) -> dict:
                           # Same precision and no recomputation as rlhf_rm (TRL defaults both on; bf16 on a
                           # CPU without bf16 units is ~10x slower, which would flatter us).
                           bf16=False, gradient_checkpointing=False,
-                          lr_scheduler_type="cosine", warmup_steps=0.05, seed=0, dataloader_num_workers=0)
+                          lr_scheduler_type="cosine", warmup_steps=0.05, seed=0, dataloader_num_workers=0,
+                          center_rewards_coefficient=getattr(args, "center_rewards", None))
     trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_dict(rows), processing_class=tokenizer)
     kept = trainer.train_dataset
     real_tokens = sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in kept)

@@ -70,19 +70,11 @@ def _encoded_split(specs, data_cfg, encoder: ResponseEncoder, run_dir: Path, spl
     """(encoded groups before weighting, their content keys, summary), from the cache when it has them."""
     from rlhf_rm.data import token_cache
 
-    options = {"on_error": data_cfg.on_error, "limit": limit, "prompt_separator": data_cfg.prompt_separator,
-               "max_row_bytes": data_cfg.get("max_row_bytes") or DEFAULT_MAX_ROW_BYTES,
-               "dedupe": bool(data_cfg.get("dedupe", True)),
-               "drop_dev_overlap": bool(data_cfg.get("drop_dev_overlap", False)) and dev_keys is not None}
+    options = _load_options(data_cfg, limit, dev_keys)
     quarantine_names = {spec["name"]: f"quarantine_{split}_{spec['name']}.jsonl" for spec in specs}
     key = None
     if data_cfg.get("cache", True):
-        key = token_cache.cache_key({
-            "split": split, "options": options, "encoder": token_cache.encoder_fingerprint(encoder),
-            "sources": [{**{k: v for k, v in spec.items() if k != "weight"},
-                         "sha256": token_cache.file_digest(spec["path"]) if Path(spec["path"]).is_file() else None}
-                        for spec in specs],
-            "dev_keys": token_cache.cache_key({"keys": sorted(dev_keys)}) if dev_keys else None})
+        key = _split_cache_key(specs, options, encoder, split, dev_keys)
         hit = token_cache.load(key, run_dir)
         if hit is not None:
             groups, content, stored = hit
@@ -115,6 +107,43 @@ def _encoded_split(specs, data_cfg, encoder: ResponseEncoder, run_dir: Path, spl
                                 written)
         summary["cache"] = {"hit": False, "path": str(path)}
     return groups, content, summary
+
+
+def _load_options(data_cfg, limit, dev_keys) -> dict:
+    return {"on_error": data_cfg.on_error, "limit": limit, "prompt_separator": data_cfg.prompt_separator,
+            "max_row_bytes": data_cfg.get("max_row_bytes") or DEFAULT_MAX_ROW_BYTES,
+            "dedupe": bool(data_cfg.get("dedupe", True)),
+            "drop_dev_overlap": bool(data_cfg.get("drop_dev_overlap", False)) and dev_keys is not None}
+
+
+def _split_cache_key(specs, options: dict, encoder, split: str, dev_keys, **extra) -> str:
+    """Everything a prepared split depends on: the files' bytes, the options, the tokenizer and encoder."""
+    from rlhf_rm.data import token_cache
+
+    return token_cache.cache_key({
+        "split": split, "options": options, "encoder": token_cache.encoder_fingerprint(encoder),
+        "sources": [{**{k: v for k, v in spec.items() if k != "weight"},
+                     "sha256": token_cache.source_digest(spec["path"])} for spec in specs],
+        "dev_keys": token_cache.cache_key({"keys": sorted(dev_keys)}) if dev_keys else None, **extra})
+
+
+def prepare_streamed_train(data_cfg, encoder: ResponseEncoder, backbone_path: str, run_dir: Path, workers: int):
+    """data.streaming=true: the train split prepared into shards by Ray Data (see data/streaming.py)."""
+    from rlhf_rm.data import token_cache
+    from rlhf_rm.data.streaming import prepare_streamed_split
+
+    dev_keys = None
+    if data_cfg.get("dev"):
+        _, dev_content, _ = _encoded_split(source_specs(data_cfg.dev), data_cfg, encoder, run_dir, "dev",
+                                           data_cfg.get("dev_limit"))
+        dev_keys = frozenset(dev_content)
+    specs = source_specs(data_cfg.train)
+    rows_per_unit = int(data_cfg.get("rows_per_unit") or 50_000)
+    key = _split_cache_key(specs, _load_options(data_cfg, None, dev_keys), encoder, "train", dev_keys,
+                           streaming={"rows_per_unit": rows_per_unit})
+    reuse = bool(data_cfg.get("cache", True))
+    entry = token_cache.cache_dir() / f"stream-{key}" if reuse else run_dir / "stream"
+    return prepare_streamed_split(specs, data_cfg, backbone_path, encoder, run_dir, entry, dev_keys, workers, reuse)
 
 
 def apply_weight(groups: list, weight: float, seed: int) -> list:
@@ -183,25 +212,37 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     tokenizer = load_tokenizer(backbone_path)
     encoder = ResponseEncoder(tokenizer, max_length=cfg.data.max_length, append_eos=cfg.data.append_eos)
     loss = build_loss(OmegaConf.to_container(cfg.loss, resolve=True))
-    train_groups, train_summary = prepare_split(cfg.data.train, cfg.data, encoder, run_dir, "train",
-                                                cfg.data.limit, cfg.seed)
+    streaming = bool(cfg.data.get("streaming", False))
+    if streaming:  # the shards are prepared by Ray Data (otherwise Ray starts once the data is known good)
+        _init_ray(cfg)
+    datasets, stream = {}, None
+    if streaming:
+        streamed = prepare_streamed_train(cfg.data, encoder, backbone_path, run_dir,
+                                          workers=max(1, int(ray.available_resources().get("CPU", 1))))
+        train_summary, kinds, labels = streamed.summary, streamed.kinds, streamed.labels
+        datasets["train"] = streamed.dataset()
+        stream = {"tokens": streamed.tokens, "groups": train_summary["groups"]}
+        train_count = train_summary["groups"]
+    else:
+        train_groups, train_summary = prepare_split(cfg.data.train, cfg.data, encoder, run_dir, "train",
+                                                    cfg.data.limit, cfg.seed)
+        kinds, labels = data_shapes(train_groups)
+        train_count = len(train_groups)
     dev_groups, dev_summary = prepare_split(cfg.data.dev, cfg.data, encoder, run_dir, "dev", cfg.data.dev_limit, cfg.seed)
     for split, summary in (("train", train_summary), ("dev", dev_summary)):
         print(format_data_summary(split, summary), flush=True)
-    kinds, labels = data_shapes(train_groups)
     check_loss_fits_data(loss, kinds, labels, data_name="the training data")
-    if cfg.trainer.num_workers > len(train_groups) or cfg.trainer.num_workers > len(dev_groups):
+    if cfg.trainer.num_workers > train_count or cfg.trainer.num_workers > len(dev_groups):
         raise ValueError(f"trainer.num_workers={cfg.trainer.num_workers} exceeds the number of train/dev pairs")
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, log_to_driver=True,
-                 **({"num_cpus": cfg.ray.num_cpus} if cfg.ray.num_cpus and not cfg.ray.address else {}))
+    _init_ray(cfg)
     train_config = {
         "cfg": resolved,
         "backbone_path": backbone_path,
         "run_dir": str(run_dir),
-        "train_ref": ray.put(train_groups),
+        "train_ref": None if streaming else ray.put(train_groups),
+        "stream": stream,
         "dev_ref": ray.put(dev_groups),
         "metadata": {"base_model": cfg.model.path, "loss": resolved["loss"], "data": resolved["data"],
                      "config": resolved, "data_summary": {"train": train_summary, "dev": dev_summary},
@@ -216,6 +257,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=train_config,
+        datasets=datasets or None,
         scaling_config=ScalingConfig(num_workers=cfg.trainer.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.trainer.cpus_per_worker,
                                                            **({"GPU": 1} if use_gpu else {})}),
@@ -239,6 +281,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
           f"{metrics['train_pairs_per_s']:.2f} examples/s; wall {metrics['wall_seconds']:.0f}s", flush=True)
     print(f"checkpoint: {checkpoint_dir}\nmetrics:    {run_dir / 'metrics.json'}", flush=True)
     return metrics
+
+
+def _init_ray(cfg: DictConfig) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray.address, log_to_driver=True,
+                 **({"num_cpus": cfg.ray.num_cpus} if cfg.ray.num_cpus and not cfg.ray.address else {}))
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)

@@ -3,11 +3,15 @@
 Resumable: a checkpoint holds the HF model plus `train_state.pt` (optimizer, scheduler, RNG, data
 position, metric history). Batch plans are a pure function of (seed, epoch, world size), so the data
 position is just (epoch, step in epoch): a resumed run trains exactly the steps not yet trained.
+A streamed split (data.streaming=true) arrives through Ray Data instead; a resumed run skips as many
+batches of the epoch as were trained (the stream's order is not replayed exactly).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import tempfile
 import time
@@ -24,6 +28,7 @@ from ray.train import Checkpoint
 
 from rlhf_rm.batching.collate import collate
 from rlhf_rm.batching.planner import plan_steps, row_length
+from rlhf_rm.batching.stream import packed_batches
 from rlhf_rm.losses import LossInputs, build_loss
 from rlhf_rm.metrics import group_metrics, headline
 from rlhf_rm.model import apply_lora, load_reward_model, load_tokenizer, merged_for_saving, save_checkpoint
@@ -31,6 +36,66 @@ from rlhf_rm.tracking import RunTracker
 
 TRAIN_STATE_FILE = "train_state.pt"
 DEEPSPEED_DIR = "deepspeed"
+PACKING_EFFICIENCY = 0.85  # real / budgeted tokens of a streamed step, to estimate its step count
+
+
+class PlannedSteps:
+    """In-memory training data: every epoch planned up front (exact step counts and resume)."""
+
+    def __init__(self, groups: list, plans: list, rank: int):
+        self.groups, self.plans, self.rank = groups, plans, rank
+        self.total_steps = sum(len(p) for p in plans)
+        self.total_pairs = sum(len(shard) for plan in plans for assignment in plan for shard in assignment)
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return len(self.plans[epoch])
+
+    def pairs_done(self, trained_steps: list) -> int:
+        return sum(len(shard) for epoch, s in trained_steps for shard in self.plans[epoch][s])
+
+    def steps(self, epoch: int, first: int):
+        """(step in epoch, this worker's groups, groups in the step on all workers)."""
+        plan = self.plans[epoch]
+        for step_in_epoch in range(first, len(plan)):
+            assignment = plan[step_in_epoch]
+            yield step_in_epoch, [self.groups[i] for i in assignment[self.rank]], sum(len(a) for a in assignment)
+
+
+class StreamedSteps:
+    """Streamed training data: each worker packs its Ray Data shard; the workers agree each step that all
+    still have a batch (DDP needs the same step count everywhere), so an epoch ends when one runs dry."""
+
+    def __init__(self, shard, stream: dict, trainer_cfg: dict, layout: str, seed: int, world: int, device):
+        self.shard, self.layout, self.seed, self.world, self.device = shard, layout, seed, world, device
+        self.tokens_per_worker = trainer_cfg["tokens_per_worker"]
+        self.max_groups = trainer_cfg.get("max_pairs_per_worker")
+        budget = world * self.tokens_per_worker * PACKING_EFFICIENCY
+        self.estimate = max(1, math.ceil(stream["tokens"][layout] / budget))
+        self.total_steps = self.estimate * int(trainer_cfg["epochs"])
+        self.total_pairs = stream["groups"] * int(trainer_cfg["epochs"])
+        self.untrained = 0  # groups left on this worker when another ran dry (reported, not hidden)
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return self.estimate
+
+    def pairs_done(self, trained_steps: list) -> int:
+        return self.total_pairs * len(trained_steps) // max(self.total_steps, 1)
+
+    def steps(self, epoch: int, first: int):
+        batches = packed_batches(self.shard, self.layout, self.tokens_per_worker, self.seed + epoch,
+                                 max_groups=self.max_groups)
+        step_in_epoch = 0
+        while True:
+            local = next(batches, None)
+            flags = torch.tensor([int(local is not None), len(local or [])], device=self.device)
+            if self.world > 1:
+                dist.all_reduce(flags)
+            if int(flags[0]) < self.world:
+                self.untrained += len(local or []) + sum(len(b) for b in batches)
+                return
+            if step_in_epoch >= first:
+                yield step_in_epoch, local, int(flags[1])
+            step_in_epoch += 1
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -43,14 +108,20 @@ def train_loop_per_worker(config: dict) -> None:
     layout = trainer_cfg["layout"]
     loss_fn = build_loss(cfg["loss"])
 
-    train_groups = ray.get(config["train_ref"])
     dev_groups = ray.get(config["dev_ref"])
     epochs = int(trainer_cfg["epochs"])
-    lengths = [row_length(g, layout) for g in train_groups]
-    plans = [plan_steps(lengths, world, trainer_cfg["tokens_per_worker"], seed=cfg["seed"] + epoch,
-                        max_groups_per_worker=trainer_cfg.get("max_pairs_per_worker"))
-             for epoch in range(epochs)]
-    total_steps = sum(len(p) for p in plans)
+    if config.get("stream"):
+        source = StreamedSteps(ray.train.get_dataset_shard("train"), config["stream"], trainer_cfg, layout,
+                               cfg["seed"] + rank, world, device)
+    else:
+        train_groups = ray.get(config["train_ref"])
+        lengths = [row_length(g, layout) for g in train_groups]
+        source = PlannedSteps(train_groups, [
+            plan_steps(lengths, world, trainer_cfg["tokens_per_worker"], seed=cfg["seed"] + epoch,
+                       max_groups_per_worker=trainer_cfg.get("max_pairs_per_worker")) for epoch in range(epochs)], rank)
+    total_steps = source.total_steps
+    if trainer_cfg.get("max_steps"):
+        total_steps = min(total_steps, int(trainer_cfg["max_steps"]))
     dev_plan = plan_steps([row_length(g, layout) for g in dev_groups], world,
                           trainer_cfg["eval_tokens_per_worker"], shuffle=False)
 
@@ -102,8 +173,8 @@ def train_loop_per_worker(config: dict) -> None:
     tracker = RunTracker(cfg.get("logger"), config["run_dir"], cfg) if rank == 0 else None
     if tracker:
         tracker.summary(flatten({"data": config["metadata"].get("data_summary", {})}))
-    total_pairs = sum(len(shard) for plan in plans for assignment in plan for shard in assignment)
-    pairs_done_before = sum(len(shard) for epoch, s in trained_steps for shard in plans[epoch][s])
+    total_pairs = source.total_pairs
+    pairs_done_before = source.pairs_done(trained_steps)
     progress = None
     if rank == 0:
         from ray.experimental.tqdm_ray import tqdm
@@ -150,12 +221,11 @@ def train_loop_per_worker(config: dict) -> None:
     started = time.perf_counter()
     pairs_seen = tokens_seen = 0
     for epoch in range(start_epoch, epochs):
-        plan = plans[epoch]
+        if step >= total_steps:
+            break
         first = start_step_in_epoch if epoch == start_epoch else 0
-        for step_in_epoch in range(first, len(plan)):
-            assignment = plan[step_in_epoch]
+        for step_in_epoch, groups, step_pairs in source.steps(epoch, first):
             forward.train()
-            groups = [train_groups[i] for i in assignment[rank]]
             batch = collate(groups, tokenizer.pad_token_id, layout)
             with autocast():
                 flat = forward(**{k: v.to(device) for k, v in batch.model_inputs().items()})
@@ -171,7 +241,6 @@ def train_loop_per_worker(config: dict) -> None:
                 optimizer.zero_grad(set_to_none=True)
             step += 1
             trained_steps.append([epoch, step_in_epoch])
-            step_pairs = sum(len(shard) for shard in assignment)
             pairs_seen += step_pairs
             tokens_seen += batch.real_tokens * world  # the planner gives workers about equal tokens
             chosen, rejected, _, _ = loss_inputs.pair_rewards()
@@ -188,7 +257,7 @@ def train_loop_per_worker(config: dict) -> None:
                                  "train/lr": scheduler.get_last_lr()[0],
                                  "train/pairs_per_s": pairs_seen / elapsed,
                                  "train/tokens_per_s": tokens_seen / elapsed,
-                                 "train/epoch": epoch + (step_in_epoch + 1) / len(plan)}
+                                 "train/epoch": epoch + (step_in_epoch + 1) / source.steps_in_epoch(epoch)}
                 if window["hard_pairs"]:
                     train_metrics["train/accuracy"] = window["correct"] / window["hard_pairs"]
                 window = {"loss": 0.0, "correct": 0, "groups": 0, "hard_pairs": 0}
@@ -199,8 +268,8 @@ def train_loop_per_worker(config: dict) -> None:
                     eta = elapsed / max(pairs_seen, 1) * (total_pairs - pairs_done_before - pairs_seen)
                     print(f"step {step}/{total_steps} | {done:.0%} | loss {train_metrics['train/loss']:.4f} | "
                           f"{train_metrics['train/pairs_per_s']:.2f} examples/s | ETA {eta / 60:.1f} min", flush=True)
-            if step == total_steps:
-                continue  # the final evaluation and checkpoint follow the loop
+            if step >= total_steps:
+                break  # the final evaluation and checkpoint follow the loop
             dev = None
             if eval_every and step % eval_every == 0:
                 dev = evaluate()
@@ -214,9 +283,16 @@ def train_loop_per_worker(config: dict) -> None:
         progress.close()
     train_seconds = time.perf_counter() - started
 
+    leftover = None
+    if isinstance(source, StreamedSteps):
+        counts = torch.tensor([source.untrained], device=device)
+        if world > 1:
+            dist.all_reduce(counts)
+        leftover = int(counts[0])
     dev = evaluate()
     summary = {"train_seconds": train_seconds, "train_pairs_per_s": pairs_seen / max(train_seconds, 1e-9),
-               "train_tokens_per_s": tokens_seen / max(train_seconds, 1e-9),
+               "train_tokens_per_s": tokens_seen / max(train_seconds, 1e-9), "train_steps": step,
+               **({"train_stream_leftover_groups": leftover} if leftover is not None else {}),
                **{f"dev/{k}": v for k, v in dev.items()}}
     metrics_log.append({"step": step, **summary})
     if tracker:
@@ -373,4 +449,11 @@ def _build_optimizer(model, trainer_cfg: dict, total_steps: int):
     warmup = int(round(trainer_cfg.get("warmup_ratio", 0.0) * total_steps))
     scheduler = get_scheduler(trainer_cfg["lr_schedule"], optimizer, num_warmup_steps=warmup,
                               num_training_steps=max(total_steps, 1))
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        # A streamed epoch's step count is an estimate: past it, hold the final rate (cosine would rise again).
+        scheduler.lr_lambdas = [functools.partial(_held_after, fn, max(total_steps, 1)) for fn in scheduler.lr_lambdas]
     return optimizer, scheduler
+
+
+def _held_after(fn, last: int, step: int) -> float:
+    return fn(min(step, last))

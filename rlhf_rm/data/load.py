@@ -132,11 +132,7 @@ def load_examples(
             spec = normalize_source(source)
             spec.setdefault("prompt_separator", prompt_separator)
             spec.setdefault("max_row_bytes", max_row_bytes)
-            path = Path(spec["path"])
-            if not path.exists():
-                raise DataError(f"{path}: file not found")
-            if path.is_dir():
-                raise DataError(f"{path}: is a directory; give the data files themselves")
+            path = Path(spec["path"])  # a file, a directory or a glob (sources.iter_source expands it)
             try:
                 items = iter_source(spec)
                 rows_in_source = 0
@@ -225,7 +221,7 @@ def _as_configured(example: Example, spec: dict) -> list[Example]:
 
 def load_pairs(paths, on_error: str = "raise", quarantine_path=None, limit=None,
                prompt_separator: str = "\n\nAssistant:", **options) -> tuple[list[Example], DataReport]:
-    """Rows of pairs (or rankings) from JSONL/JSON/Parquet files, without source tags.
+    """Rows of pairs (or rankings) from JSONL/JSON/Parquet/Arrow files, without source tags.
     `options`: load_examples' keyword options (max_row_bytes, dedupe, ...)."""
     tagged, report = load_examples(paths, on_error, quarantine_path, limit, prompt_separator, **options)
     return [example for _, example in tagged], report

@@ -1,6 +1,6 @@
 """Source formats: each turns one file into examples, tagged with file:line/row.
 
-  preference    rows of pairs or rankings (see formats.py); JSONL, JSON or Parquet
+  preference    rows of pairs or rankings (see formats.py); JSONL, JSON, Parquet or Arrow
   oasst_trees   OpenAssistant message trees: ranked sibling replies → a ranking per prompter turn
   qa_feedback   QA-Feedback: 4 predictions, 6 pairwise labels (1/2 = first/second better, 0 = tie)
                 → pairs with probability labels (tie → 0.5)
@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses
 from rlhf_rm.data.formats import RowError, parse_row
-from rlhf_rm.data.readers import DEFAULT_MAX_ROW_BYTES, RawRow, read_rows
+from rlhf_rm.data.readers import DEFAULT_MAX_ROW_BYTES, RawRow, expand_paths, read_rows
 
 FORMATS = ("preference", "oasst_trees", "qa_feedback", "conala_grades")
 PREFERENCE_COLUMNS = (("chosen", "rejected"), ("responses", "ranks"))  # Parquet layouts the preference format reads
@@ -44,13 +44,19 @@ class SourceItem:
 
 
 def iter_source(spec: dict) -> Iterator[SourceItem]:
-    """Every input row of one source, in file order, as one or more SourceItems."""
+    """Every input row of one source (a file, a directory or a glob of files), in file order, as one or
+    more SourceItems. spec["part"] (a readers.Part of the single file spec["path"]) reads only that slice."""
+    part = spec.get("part")
+    for path in [Path(spec["path"])] if part is not None else expand_paths(spec["path"]):
+        yield from _iter_file(spec, path, part)
+
+
+def _iter_file(spec: dict, path: Path, part) -> Iterator[SourceItem]:
     fmt = spec.get("format", "preference")
-    path = Path(spec["path"])
     max_row_bytes = spec.get("max_row_bytes") or DEFAULT_MAX_ROW_BYTES
     if fmt == "preference":
         separator = spec.get("prompt_separator", "\n\nAssistant:")
-        for row in read_rows(path, max_row_bytes, expect_columns=PREFERENCE_COLUMNS):
+        for row in read_rows(path, max_row_bytes, expect_columns=PREFERENCE_COLUMNS, part=part):
             if row.error is not None:
                 yield _unreadable(row)
                 continue

@@ -32,6 +32,20 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def source_digest(pattern: str | Path) -> str | None:
+    """Digest of every file a source names (a file, a directory or a glob); None if it names none
+    (the loader then reports that, with the path)."""
+    from rlhf_rm.data.readers import expand_paths
+
+    try:
+        paths = expand_paths(pattern)
+    except ValueError:
+        return None
+    if len(paths) == 1:
+        return file_digest(paths[0])
+    return hashlib.sha256(json.dumps([[str(p), file_digest(p)] for p in paths]).encode()).hexdigest()
+
+
 def encoder_fingerprint(encoder) -> dict:
     """What the token ids depend on besides the data: the tokenizer (name, vocabulary, chat template)
     and the encoder's length and truncation settings."""
@@ -61,18 +75,7 @@ def save(key: str, groups: list, content_keys: list[str], metadata: dict, quaran
 
     directory = cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    table = pa.table({
-        "prompt_ids": pa.array([g.prompt_ids for g in groups], pa.list_(pa.int32())),
-        "response_ids": pa.array([g.response_ids for g in groups], pa.list_(pa.list_(pa.int32()))),
-        "prompt_truncated": pa.array([g.prompt_truncated for g in groups], pa.bool_()),
-        "response_truncated": pa.array([g.response_truncated for g in groups], pa.bool_()),
-        "kind": pa.array([g.kind for g in groups], pa.string()),
-        "ranks": pa.array([list(g.ranks) for g in groups], pa.list_(pa.int32())),
-        "probability": pa.array([g.probability for g in groups], pa.float64()),
-        "margin": pa.array([g.margin for g in groups], pa.float64()),
-        "source": pa.array([g.source for g in groups], pa.string()),
-        "content_key": pa.array(content_keys, pa.string()),
-    })
+    table = groups_to_table(groups).append_column("content_key", pa.array(content_keys, pa.string()))
     stored_quarantine = {}
     for name, source in quarantine_files.items():
         target = directory / f"{key}.{_safe(name)}.quarantine.jsonl"
@@ -92,8 +95,6 @@ def load(key: str, quarantine_dir: Path):
     into `quarantine_dir` and metadata["quarantine"] maps source name -> that copy."""
     import pyarrow as pa
 
-    from rlhf_rm.batching.tokenize import EncodedGroup
-
     directory = cache_dir()
     path = directory / f"{key}.arrow"
     if not path.exists():
@@ -104,20 +105,43 @@ def load(key: str, quarantine_dir: Path):
         metadata = json.loads(table.schema.metadata[_META])
     except (pa.ArrowException, OSError, KeyError, ValueError):
         return None  # unreadable entry (e.g. disk trouble): rebuild it
-    columns = table.to_pydict()
-    groups = [EncodedGroup(prompt_ids=p, response_ids=r, prompt_truncated=pt, response_truncated=rt, kind=k,
-                           ranks=tuple(ra), probability=pr, margin=m, source=s)
-              for p, r, pt, rt, k, ra, pr, m, s in zip(
-                  columns["prompt_ids"], columns["response_ids"], columns["prompt_truncated"],
-                  columns["response_truncated"], columns["kind"], columns["ranks"], columns["probability"],
-                  columns["margin"], columns["source"])]
+    groups = table_to_groups(table)
     copies = {}
     for name, stored in metadata.get("quarantine", {}).items():
         target = Path(quarantine_dir) / metadata["quarantine_names"][name]
         _atomic_copy(directory / stored, target)
         copies[name] = str(target)
     metadata["quarantine"] = copies
-    return groups, columns["content_key"], metadata
+    return groups, table.column("content_key").to_pylist(), metadata
+
+
+def groups_to_table(groups: list):
+    """Encoded groups as an Arrow table, one row per group (also the streamed shards' layout)."""
+    import pyarrow as pa
+
+    return pa.table({
+        "prompt_ids": pa.array([g.prompt_ids for g in groups], pa.list_(pa.int32())),
+        "response_ids": pa.array([g.response_ids for g in groups], pa.list_(pa.list_(pa.int32()))),
+        "prompt_truncated": pa.array([g.prompt_truncated for g in groups], pa.bool_()),
+        "response_truncated": pa.array([g.response_truncated for g in groups], pa.bool_()),
+        "kind": pa.array([g.kind for g in groups], pa.string()),
+        "ranks": pa.array([list(g.ranks) for g in groups], pa.list_(pa.int32())),
+        "probability": pa.array([g.probability for g in groups], pa.float64()),
+        "margin": pa.array([g.margin for g in groups], pa.float64()),
+        "source": pa.array([g.source for g in groups], pa.string()),
+    })
+
+
+def table_to_groups(table) -> list:
+    from rlhf_rm.batching.tokenize import EncodedGroup
+
+    columns = table.to_pydict()
+    return [EncodedGroup(prompt_ids=p, response_ids=r, prompt_truncated=pt, response_truncated=rt, kind=k,
+                         ranks=tuple(ra), probability=pr, margin=m, source=s)
+            for p, r, pt, rt, k, ra, pr, m, s in zip(
+                columns["prompt_ids"], columns["response_ids"], columns["prompt_truncated"],
+                columns["response_truncated"], columns["kind"], columns["ranks"], columns["probability"],
+                columns["margin"], columns["source"])]
 
 
 def _atomic_copy(source: Path, target: Path) -> None:
