@@ -187,12 +187,10 @@ def _aggregate(results: list[dict], on_error: str, dedupe: bool, entry: Path) ->
                 first = json.loads(Path(result["quarantine"]).read_text(encoding="utf-8").splitlines()[0])
                 raise DataError(f"{first['origin']}: {first['reason']} (set data.on_error=skip to quarantine bad rows)")
     reports = [DataReport.from_dict(json.loads(r["report"])) for r in results]
-    keys = np.concatenate([np.frombuffer(r["keys"], dtype=np.int64) for r in results] or [np.zeros(0, np.int64)])
-    units = np.concatenate([np.full(len(r["keys"]) // 8, r["index"], dtype=np.int64) for r in results]
-                           or [np.zeros(0, np.int64)])
-    positions = np.concatenate([np.arange(len(r["keys"]) // 8, dtype=np.int64) for r in results]
-                               or [np.zeros(0, np.int64)])
-    rows = np.concatenate([np.frombuffer(r["rows"], dtype=np.int64) for r in results] or [np.zeros(0, np.int64)])
+    keys, rows = _joined(results, "keys"), _joined(results, "rows")
+    counts = [len(r["keys"]) // 8 for r in results]
+    units = np.repeat(np.array([r["index"] for r in results], dtype=np.int64), counts)
+    positions = np.concatenate([np.arange(n, dtype=np.int64) for n in counts] or [np.zeros(0, np.int64)])
     repeat = np.zeros(len(keys), dtype=bool)
     if dedupe and len(keys):
         _, first = np.unique(keys, return_index=True)
@@ -240,9 +238,13 @@ def _aggregate(results: list[dict], on_error: str, dedupe: bool, entry: Path) ->
         "quarantine": quarantine,
         "kinds": sorted({k for r in results for k in r["kinds"].split(",") if k}),
         "all_margin": all(r["all_margin"] for r in results),
-        "tokens": {layout: int(np.concatenate([np.frombuffer(r[f"tokens_{layout}"], dtype=np.int64) for r in results]
-                                              or [np.zeros(0, np.int64)])[~repeat].sum()) for layout in LAYOUTS},
+        "tokens": {layout: int(_joined(results, f"tokens_{layout}")[~repeat].sum()) for layout in LAYOUTS},
     }
+
+
+def _joined(results: list[dict], name: str) -> np.ndarray:
+    """The units' int64 arrays (sent as bytes) of one field, end to end in unit order."""
+    return np.concatenate([np.frombuffer(r[name], dtype=np.int64) for r in results] or [np.zeros(0, np.int64)])
 
 
 def _from_manifest(entry: Path, manifest: dict, run_dir: Path, hit: bool) -> StreamedSplit:
