@@ -29,6 +29,7 @@ def main() -> int:
     parser.add_argument("--trees", type=int, default=60, help="message trees read (train and dev split by hash)")
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--out", default="outputs/loss_compare")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset, by first word")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
@@ -38,7 +39,10 @@ def main() -> int:
     from rlhf_rm.train import run
 
     results = {}
+    chosen = {v.strip() for v in args.variants.split(",")}
     for name, overrides in VARIANTS.items():
+        if name.split()[0] not in {c.split()[0] for c in chosen}:
+            continue
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
             cfg = compose(config_name="config", overrides=[
                 *overrides, f"data.limit={args.trees}", f"data.dev_limit={args.trees}",

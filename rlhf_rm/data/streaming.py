@@ -123,9 +123,8 @@ class PrepareUnits:
                                        **self.options)
         groups = [self.encoder.encode_example(example, source) for source, example in tagged]
         example_ids = (np.int64(index) << 32) + np.arange(len(groups), dtype=np.int64)
-        rows = {}  # input row (origin without the pair/ranking suffix) -> unit-local row number
-        row_of = np.array([rows.setdefault(example.origin.split(" ")[0], len(rows)) for _, example in tagged],
-                          dtype=np.int64)
+        rows = {}  # input row ("path:line"; pairs cut from one ranking share it) -> unit-local row number
+        row_of = np.array([rows.setdefault(example.origin, len(rows)) for _, example in tagged], dtype=np.int64)
         table = groups_to_table(groups).append_column("example_id", pa.array(example_ids, pa.int64()))
         shard = self.out_dir / f"unit_{index:05d}.parquet"
         if groups:
