@@ -3,7 +3,9 @@
 Runs rlhf_rm's own training step (batching → RewardModel → Bradley-Terry → AdamW) on one GPU for a
 1B-class Llama built in code (random weights: FLOPs do not depend on them), on real HH-RLHF pairs
 tokenized with the SmolLM2 tokenizer, in bf16 autocast, and compares the padded layout (one row per
-response, the prompt computed twice) with the prefix-shared layout.
+response, the prompt computed twice) with the prefix-shared layout, under SDPA with the dense tree mask
+and under FlexAttention with the same rule as a block mask (prefix_flex; its rewards are first checked
+against SDPA's in fp32 on the same batch).
 
 MFU = 6 · N · (tokens the model computed) / seconds / peak bf16 FLOP/s, with N the parameters
 excluding embeddings (the usual convention); attention FLOPs are not counted, so this is a lower bound.
@@ -36,7 +38,7 @@ def main() -> int:
     parser.add_argument("--tokens-per-step", type=int, default=32768)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--layouts", default="separate,prefix_shared")
+    parser.add_argument("--layouts", default="separate,prefix_shared,prefix_flex")
     args = parser.parse_args()
 
     import torch
@@ -66,11 +68,17 @@ def main() -> int:
     n_params = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
     loss_fn = build_loss({"name": "bradley_terry"})
     results = {"device": name, "params_non_embedding": n_params, "size": args.size}
-    for layout in args.layouts.split(","):
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    for name in args.layouts.split(","):
+        flex = name == "prefix_flex"
+        layout = "prefix_shared" if flex else name
         lengths = [row_length(g, layout) for g in groups]
         plan = [step[0] for step in plan_steps(lengths, 1, args.tokens_per_step, seed=0)]
         batches = [collate([groups[i] for i in step], tokenizer.pad_token_id, layout) for step in plan]
+        if flex:
+            results["flex_vs_sdpa_fp32"] = flex_check(model, batches[0], device)
+            print("flex vs sdpa (fp32, same batch):", json.dumps(results["flex_vs_sdpa_fp32"]), flush=True)
+            model.hf_model.set_attn_implementation("flex_attention")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
         needed = args.warmup + args.steps
         batches = (batches * (needed // len(batches) + 1))[:needed]
         computed = pairs_done = 0
@@ -80,7 +88,7 @@ def main() -> int:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 started = time.perf_counter()
-            inputs = {k: v.to(device, non_blocking=True) for k, v in batch.model_inputs().items()}
+            inputs = {k: v.to(device, non_blocking=True) for k, v in batch.model_inputs(flex).items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 flat = model(**inputs)
             rewards, mask = batch.per_group(flat.float())
@@ -104,16 +112,32 @@ def main() -> int:
                "tflops": flops / seconds / 1e12, "mfu": flops / seconds / peak if peak else None,
                "steps": args.steps, "pairs_timed": pairs_done,
                "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None}
-        results[layout] = row
-        print(layout, json.dumps(row), flush=True)
+        results[name] = row
+        print(name, json.dumps(row), flush=True)
         del optimizer
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-    if "separate" in results and "prefix_shared" in results:
-        results["prefix_speedup_pairs_per_s"] = results["prefix_shared"]["pairs_per_s"] / results["separate"]["pairs_per_s"]
+    for name in ("prefix_shared", "prefix_flex"):
+        if "separate" in results and name in results:
+            results[f"{name}_speedup_pairs_per_s"] = results[name]["pairs_per_s"] / results["separate"]["pairs_per_s"]
     print(json.dumps(results, indent=2))
     return 0
+
+
+def flex_check(model, batch, device) -> dict:
+    """Rewards of one prefix-shared batch under SDPA (dense mask) and FlexAttention (block mask), fp32."""
+    import torch
+
+    with torch.no_grad():
+        model.hf_model.set_attn_implementation("sdpa")
+        dense = model(**{k: v.to(device) for k, v in batch.model_inputs().items()}).float()
+        model.hf_model.set_attn_implementation("flex_attention")
+        flex = model(**{k: v.to(device) for k, v in batch.model_inputs(flex=True).items()}).float()
+        model.hf_model.set_attn_implementation("sdpa")
+    diff = (dense - flex).abs()
+    return {"max_abs_diff": diff.max().item(), "max_rel_diff": (diff / dense.abs().clamp(min=1e-3)).max().item(),
+            "rewards": dense.numel()}
 
 
 if __name__ == "__main__":

@@ -22,9 +22,14 @@ class RewardModel(nn.Module):
         super().__init__()
         self.hf_model = hf_model
 
-    def forward(self, input_ids, attention_mask, position_ids, score_rows, score_cols) -> torch.Tensor:
+    def forward(self, input_ids, position_ids, score_rows, score_cols, attention_mask=None,
+                segment_ids=None) -> torch.Tensor:
         # Under LoRA the HF model is wrapped by peft; its layers are adapted in place.
         inner = self.hf_model.get_base_model() if hasattr(self.hf_model, "get_base_model") else self.hf_model
+        if segment_ids is not None:  # a model loaded with attention="flex_attention" (see batching/flex_mask.py)
+            from rlhf_rm.batching.flex_mask import block_mask
+
+            attention_mask = block_mask(segment_ids)
         hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                   use_cache=False).last_hidden_state
         # The head runs on the N scored positions only, not on every token.
@@ -66,7 +71,8 @@ def load_tokenizer(path: str):
 
 
 def load_reward_model(path: str, tokenizer=None, dtype: torch.dtype = torch.float32,
-                      head_init_std: float | None = None, ensemble_size: int = 1) -> RewardModel:
+                      head_init_std: float | None = None, ensemble_size: int = 1,
+                      attention: str = "sdpa") -> RewardModel:
     """Load a backbone as a reward model with `ensemble_size` scalar heads (1: a plain reward model),
     or a trained checkpoint as it was saved."""
     is_checkpoint = (Path(path) / METADATA_FILE).exists()
@@ -80,7 +86,7 @@ def load_reward_model(path: str, tokenizer=None, dtype: torch.dtype = torch.floa
     try:
         labels = {} if is_checkpoint else {"num_labels": ensemble_size}
         hf_model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=dtype, attn_implementation="sdpa", **labels)
+            path, dtype=dtype, attn_implementation={"flex": "flex_attention"}.get(attention, attention), **labels)
     finally:
         hf_logging.set_verbosity(verbosity)
     if tokenizer is not None:

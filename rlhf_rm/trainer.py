@@ -131,8 +131,10 @@ def train_loop_per_worker(config: dict) -> None:
     use_deepspeed = bool(cfg["deepspeed"].get("enabled"))
     weights_from = resume_dir if resume_dir and not use_deepspeed else config["backbone_path"]
     tokenizer = load_tokenizer(weights_from)
+    flex = trainer_cfg.get("attention", "sdpa") == "flex"
     model = load_reward_model(weights_from, tokenizer, head_init_std=cfg["model"].get("head_init_std"),
-                              ensemble_size=int(cfg["model"].get("ensemble_size", 1)))
+                              ensemble_size=int(cfg["model"].get("ensemble_size", 1)),
+                              attention=trainer_cfg.get("attention", "sdpa"))
     if cfg["model"].get("lora", {}).get("enabled"):
         apply_lora(model, cfg["model"]["lora"])
     if trainer_cfg.get("gradient_checkpointing"):
@@ -184,7 +186,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     def evaluate() -> dict:
         metrics = evaluate_groups(forward, dev_groups, dev_plan, rank, world, tokenizer.pad_token_id, layout, device,
-                                  autocast)
+                                  autocast, flex)
         scores = metrics.pop("_scores")
         if rank == 0:
             found = pair_diagnostics(dev_groups, scores)
@@ -228,7 +230,7 @@ def train_loop_per_worker(config: dict) -> None:
             forward.train()
             batch = collate(groups, tokenizer.pad_token_id, layout)
             with autocast():
-                flat = forward(**{k: v.to(device) for k, v in batch.model_inputs().items()})
+                flat = forward(**{k: v.to(device) for k, v in batch.model_inputs(flex).items()})
             loss, loss_inputs = ensemble_loss(flat.float(), batch, groups, loss_fn)
             if engine is not None:
                 engine.backward(loss)
@@ -368,7 +370,8 @@ def _write_progress(run_dir: str, step: int, epoch: int, step_in_epoch: int, tot
     tmp.replace(path)
 
 
-def evaluate_groups(forward, groups, plan, rank, world, pad_id, layout, device, autocast=nullcontext) -> dict:
+def evaluate_groups(forward, groups, plan, rank, world, pad_id, layout, device, autocast=nullcontext,
+                    flex: bool = False) -> dict:
     """Score every group (each worker its shard, the same number of forwards everywhere) and gather."""
     forward.eval()
     indices, scores, spreads = [], [], []
@@ -377,7 +380,7 @@ def evaluate_groups(forward, groups, plan, rank, world, pad_id, layout, device, 
             mine = assignment[rank]
             batch = collate([groups[i] for i in mine], pad_id, layout)
             with autocast():
-                heads = forward(**{k: v.to(device) for k, v in batch.model_inputs().items()}).float().cpu()
+                heads = forward(**{k: v.to(device) for k, v in batch.model_inputs(flex).items()}).float().cpu()
             if heads.ndim == 2:  # an ensemble: the reward is the heads' mean, their spread its uncertainty
                 spreads.extend(heads.std(dim=1, unbiased=False).tolist())
                 heads = heads.mean(dim=1)

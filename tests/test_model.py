@@ -102,6 +102,26 @@ def test_k_responses_share_one_prompt(tiny_model, tiny_tokenizer):
     torch.testing.assert_close(shared, separate, rtol=1e-4, atol=1e-5)
 
 
+def test_flex_block_mask_rule_equals_the_dense_tree_mask(tiny_tokenizer):
+    """The FlexAttention rule (GPU path, trainer.attention=flex) allows exactly what collate's dense mask
+    allows, pads included, for pairs and K = 4 rankings of different lengths in one batch."""
+    from torch.nn.attention.flex_attention import create_mask
+
+    from rlhf_rm.batching.flex_mask import tree_mask_mod
+
+    encoder = ResponseEncoder(tiny_tokenizer, max_length=1024)
+    groups = [encoder.encode_group("\n\nHuman: rank these please\n\nAssistant:", [" one", " two two", " three " * 5, " 4"]),
+              encoder.encode_pair(PreferencePair("\n\nHuman: hi\n\nAssistant:", " yes", " no no", "t:1")),
+              encoder.encode_group("\n\nHuman: " + "long prompt " * 20 + "\n\nAssistant:", [" a", " b"])]
+    batch = collate(groups, tiny_tokenizer.pad_token_id, "prefix_shared")
+    rows, width = batch.segment_ids.shape
+    rule = create_mask(tree_mask_mod(batch.segment_ids), rows, 1, width, width, device="cpu")
+    assert torch.equal(rule, batch.attention_mask)
+    assert (batch.segment_ids == -1).any()  # the batch has padding, so the pad rule is exercised
+    with pytest.raises(ValueError, match="prefix_shared"):
+        collate(groups, tiny_tokenizer.pad_token_id, "separate").model_inputs(flex=True)
+
+
 def test_lora_trains_adapters_and_head_and_saves_merged(tmp_path, tiny_backbone, tiny_tokenizer):
     from transformers import AutoModelForSequenceClassification
 

@@ -28,10 +28,17 @@ class ModelBatch:
     score_cols: torch.Tensor  # [N] column of that token
     group_sizes: list[int]  # K of each group; scored responses come group by group, in input order
     real_tokens: int  # non-pad tokens in the batch, for throughput reports
+    segment_ids: torch.Tensor | None = None  # prefix_shared: 0 prompt, k + 1 response k, -1 pad (flex_mask)
 
-    def model_inputs(self) -> dict:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "position_ids": self.position_ids, "score_rows": self.score_rows, "score_cols": self.score_cols}
+    def model_inputs(self, flex: bool = False) -> dict:
+        """Keyword arguments of RewardModel.forward; `flex`: the segments instead of the dense mask."""
+        inputs = {"input_ids": self.input_ids, "position_ids": self.position_ids, "score_rows": self.score_rows,
+                  "score_cols": self.score_cols}
+        if flex:
+            if self.segment_ids is None:
+                raise ValueError("FlexAttention needs the prefix_shared layout (trainer.layout=prefix_shared)")
+            return {**inputs, "segment_ids": self.segment_ids}
+        return {**inputs, "attention_mask": self.attention_mask}
 
     def per_group(self, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat rewards [N] → padded [groups, K_max] and a mask of the real entries."""
@@ -72,6 +79,7 @@ def _collate_prefix_shared(groups: list[EncodedGroup], pad_id: int) -> ModelBatc
     position_ids = torch.zeros((rows, width), dtype=torch.long)
     # Pad positions attend to themselves only, so no attention row is empty (an all-masked row gives NaN).
     mask = torch.eye(width, dtype=torch.bool).expand(rows, width, width).clone()
+    segments = torch.full((rows, width), -1, dtype=torch.long)
     score_rows, score_cols = [], []
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     for row, group in enumerate(groups):
@@ -79,18 +87,20 @@ def _collate_prefix_shared(groups: list[EncodedGroup], pad_id: int) -> ModelBatc
         input_ids[row, :p] = torch.tensor(group.prompt_ids, dtype=torch.long)
         position_ids[row, :p] = torch.arange(p)
         mask[row, :p, :p] = causal[:p, :p]
+        segments[row, :p] = 0
         start = p
-        for response in group.response_ids:
+        for k, response in enumerate(group.response_ids):
             n = len(response)
             end = start + n
             input_ids[row, start:end] = torch.tensor(response, dtype=torch.long)
             position_ids[row, start:end] = torch.arange(p, p + n)
             mask[row, start:end, :p] = True  # every response sees the whole prompt
             mask[row, start:end, start:end] = causal[:n, :n]  # and itself, causally; never its siblings
+            segments[row, start:end] = k + 1
             score_rows.append(row)
             score_cols.append(end - 1)
             start = end
     real = sum(g.shared_length() for g in groups)
     return ModelBatch(input_ids, mask.unsqueeze(1), position_ids,
                       score_rows=torch.tensor(score_rows), score_cols=torch.tensor(score_cols),
-                      group_sizes=[len(g.response_ids) for g in groups], real_tokens=real)
+                      group_sizes=[len(g.response_ids) for g in groups], real_tokens=real, segment_ids=segments)
