@@ -39,6 +39,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--layouts", default="separate,prefix_shared,prefix_flex")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes)")
     args = parser.parse_args()
 
     import torch
@@ -67,7 +68,7 @@ def main() -> int:
     model = RewardModel(LlamaForSequenceClassification(config)).to(device)
     n_params = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
     loss_fn = build_loss({"name": "bradley_terry"})
-    results = {"device": name, "params_non_embedding": n_params, "size": args.size}
+    results = {"device": name, "params_non_embedding": n_params, "size": args.size, "compile": args.compile}
     for name in args.layouts.split(","):
         flex = name == "prefix_flex"
         layout = "prefix_shared" if flex else name
@@ -79,6 +80,7 @@ def main() -> int:
             print("flex vs sdpa (fp32, same batch):", json.dumps(results["flex_vs_sdpa_fp32"]), flush=True)
             model.hf_model.set_attn_implementation("flex_attention")
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+        step_model = torch.compile(model, dynamic=True) if args.compile else model
         needed = args.warmup + args.steps
         batches = (batches * (needed // len(batches) + 1))[:needed]
         computed = pairs_done = 0
@@ -90,7 +92,7 @@ def main() -> int:
                 started = time.perf_counter()
             inputs = {k: v.to(device, non_blocking=True) for k, v in batch.model_inputs(flex).items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                flat = model(**inputs)
+                flat = step_model(**inputs)
             rewards, mask = batch.per_group(flat.float())
             step_groups = [None] * len(batch.group_sizes)
             loss = loss_fn(LossInputs(rewards=rewards, mask=mask,
