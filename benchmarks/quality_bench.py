@@ -98,15 +98,7 @@ def main() -> int:
     print("\n" + text)
     (Path(work) / "quality_bench.md").write_text(text + "\n")
     if args.write_readme:
-        readme = ROOT / "README.md"
-        start, end = "<!-- quality-bench -->", "<!-- /quality-bench -->"
-        content = readme.read_text()
-        block = f"{start}\n{text}\n{end}"
-        if start in content:
-            content = content[: content.index(start)] + block + content[content.index(end) + len(end):]
-        else:
-            content += f"\n## Reward quality at equal time\n\n{block}\n"
-        readme.write_text(content)
+        train_bench.write_readme_block("quality-bench", text, "Reward quality at equal time")
     return 0
 
 

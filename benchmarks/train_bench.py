@@ -212,16 +212,21 @@ def main() -> int:
     command = "python benchmarks/train_bench.py " + " ".join(sys.argv[1:])
     print("\n" + table + f"\n\nCommand: `{command}`")
     if args.write_readme:
-        readme = ROOT / "README.md"
-        start, end = "<!-- train-bench -->", "<!-- /train-bench -->"
-        text = readme.read_text()
-        block = f"{start}\n{table}\n\nCommand: `{command}`\n{end}"
-        if start in text:
-            text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-        else:
-            text += f"\n## Training throughput\n\n{block}\n"
-        readme.write_text(text)
+        write_readme_block("train-bench", f"{table}\n\nCommand: `{command}`", "Training throughput")
     return 0
+
+
+def write_readme_block(tag: str, text: str, heading: str) -> None:
+    """Replace README.md's `<!-- tag -->...<!-- /tag -->` block with `text` (or append it under `heading`)."""
+    readme = ROOT / "README.md"
+    start, end = f"<!-- {tag} -->", f"<!-- /{tag} -->"
+    content = readme.read_text()
+    block = f"{start}\n{text}\n{end}"
+    if start in content:
+        content = content[: content.index(start)] + block + content[content.index(end) + len(end):]
+    else:
+        content += f"\n## {heading}\n\n{block}\n"
+    readme.write_text(content)
 
 
 if __name__ == "__main__":
