@@ -22,8 +22,9 @@ class RewardModel(nn.Module):
         super().__init__()
         self.hf_model = hf_model
 
-    def forward(self, input_ids, position_ids, score_rows, score_cols, attention_mask=None,
+    def forward(self, input_ids, attention_mask, position_ids, score_rows, score_cols,
                 segment_ids=None) -> torch.Tensor:
+        """attention_mask: [rows, T] or a dense [rows, 1, T, T] tree mask; None with `segment_ids` (flex)."""
         # Under LoRA the HF model is wrapped by peft; its layers are adapted in place.
         inner = self.hf_model.get_base_model() if hasattr(self.hf_model, "get_base_model") else self.hf_model
         if segment_ids is not None:  # a model loaded with attention="flex_attention" (see batching/flex_mask.py)

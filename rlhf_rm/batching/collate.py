@@ -37,7 +37,7 @@ class ModelBatch:
         if flex:
             if self.segment_ids is None:
                 raise ValueError("FlexAttention needs the prefix_shared layout (trainer.layout=prefix_shared)")
-            return {**inputs, "segment_ids": self.segment_ids}
+            return {**inputs, "attention_mask": None, "segment_ids": self.segment_ids}
         return {**inputs, "attention_mask": self.attention_mask}
 
     def per_group(self, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
