@@ -5,8 +5,9 @@
 2. runs `python -m rlhf_rm.train data.streaming=true trainer.max_steps=S` on it with the default backbone,
    sampling every process of the run (driver, Ray Data actors and tasks, Ray Train workers, raylet) with
    psutil twice a second;
-3. prints the data summary, wall time per phase and the peak resident memory per process kind, so the
-   memory bound (no process holds the whole set) is a measured figure.
+3. prints the data summary, wall time and the peak memory per process kind (USS: what the process alone
+   holds; RSS also counts object-store pages it touched), so the memory bound (no process holds the whole
+   set) is a measured figure. A second run reuses the prepared shards (cache hit) and only trains.
 
     python benchmarks/scale_data.py --rows 2000000 --steps 5 [--out outputs/scale]
 """
@@ -79,11 +80,14 @@ def sample(root_pid: int, stop: threading.Event, peaks: dict) -> None:
             break
         for process in processes:
             try:
-                rss = process.memory_info().rss
+                # USS: memory only this process holds. RSS also counts the Ray object store's shared pages
+                # a process has touched, which grow towards the store's size in any long Ray Data reader.
+                memory = process.memory_full_info()
                 name = kind_of(process)
             except psutil.Error:
                 continue
-            peaks[name] = max(peaks[name], rss)
+            peaks[name] = max(peaks[name], memory.uss)
+            peaks[f"{name} (RSS)"] = max(peaks[f"{name} (RSS)"], memory.rss)
         time.sleep(0.5)
 
 
@@ -126,7 +130,10 @@ def main() -> int:
               "train_seconds": round(metrics["train_seconds"], 1),
               "rows_read": summary["rows_read"], "used": summary["used"], "deduplicated": summary["deduplicated"],
               "quarantined": summary["quarantined"], "units": summary["units"], "cache_hit": summary["cache"]["hit"],
-              "peak_rss_mib": {k: round(v / 2**20) for k, v in sorted(peaks.items(), key=lambda kv: -kv[1])}}
+              "peak_uss_mib": {k: round(v / 2**20) for k, v in sorted(peaks.items(), key=lambda kv: -kv[1])
+                               if not k.endswith("(RSS)")},
+              "peak_rss_mib": {k.removesuffix(" (RSS)"): round(v / 2**20) for k, v in
+                               sorted(peaks.items(), key=lambda kv: -kv[1]) if k.endswith("(RSS)")}}
     print(json.dumps(result, indent=2))
     (out / "scale_result.json").write_text(json.dumps(result, indent=2))
     return 0

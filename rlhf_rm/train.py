@@ -220,7 +220,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         streamed = prepare_streamed_train(cfg.data, encoder, backbone_path, run_dir,
                                           workers=max(1, int(ray.available_resources().get("CPU", 1))))
         train_summary, kinds, labels = streamed.summary, streamed.kinds, streamed.labels
-        datasets["train"] = streamed.dataset()
+        datasets["train"] = streamed.dataset(readers=max(2, int(cfg.trainer.num_workers)))
         stream = {"tokens": streamed.tokens, "groups": train_summary["groups"]}
         train_count = train_summary["groups"]
     else:

@@ -43,14 +43,15 @@ class StreamedSplit:
     labels: set
     tokens: dict  # layout -> tokens of all kept examples in that layout (sizes the LR schedule)
 
-    def dataset(self):
+    def dataset(self, readers: int = 2):
         """The Ray Dataset of encoded groups, read shard by shard as the workers consume it."""
         import ray.data
 
         # Reading shards is light I/O done in zero-CPU tasks: Ray Train workers often hold every CPU of a
-        # node (one each), and a read that waits for a free CPU would never start.
+        # node (one each), and a read that waits for a free CPU would never start. Zero-CPU tasks are not
+        # limited by CPUs either, so `readers` caps how many run at once (each reads ~10k rows/s).
         return ray.data.from_items([{"shard": shard} for shard in self.shards]).map_batches(
-            _read_shards, fn_kwargs={"dropped": self.dropped}, batch_size=1, num_cpus=0)
+            _read_shards, fn_kwargs={"dropped": self.dropped}, batch_size=1, num_cpus=0, concurrency=readers)
 
 
 def _read_shards(batch: dict, dropped: np.ndarray):
