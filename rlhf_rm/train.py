@@ -44,12 +44,7 @@ def source_specs(entries) -> list[dict]:
 def prepare_split(entries, data_cfg, encoder: ResponseEncoder, run_dir: Path, split: str, limit, seed: int):
     """Read, validate, deduplicate and encode one split → (groups, summary). Encoded groups are cached
     (data.cache); the train split is also checked against dev for overlapping examples."""
-    dev_keys = None
-    if split == "train" and data_cfg.get("dev"):
-        # The dev split goes through the same cache, so its own prepare_split call afterwards is a hit.
-        _, dev_content, _ = _encoded_split(source_specs(data_cfg.dev), data_cfg, encoder, run_dir, "dev",
-                                           data_cfg.get("dev_limit"))
-        dev_keys = frozenset(dev_content)
+    dev_keys = _dev_keys(data_cfg, encoder, run_dir) if split == "train" else None
     specs = source_specs(entries)
     unique, _, summary = _encoded_split(specs, data_cfg, encoder, run_dir, split, limit, dev_keys)
     groups, start = [], 0
@@ -109,6 +104,16 @@ def _encoded_split(specs, data_cfg, encoder: ResponseEncoder, run_dir: Path, spl
     return groups, content, summary
 
 
+def _dev_keys(data_cfg, encoder: ResponseEncoder, run_dir: Path) -> frozenset | None:
+    """Content keys of the dev split, for the train/dev overlap check. The dev split goes through the same
+    cache, so its own prepare_split call afterwards is a hit."""
+    if not data_cfg.get("dev"):
+        return None
+    _, dev_content, _ = _encoded_split(source_specs(data_cfg.dev), data_cfg, encoder, run_dir, "dev",
+                                       data_cfg.get("dev_limit"))
+    return frozenset(dev_content)
+
+
 def _load_options(data_cfg, limit, dev_keys) -> dict:
     return {"on_error": data_cfg.on_error, "limit": limit, "prompt_separator": data_cfg.prompt_separator,
             "max_row_bytes": data_cfg.get("max_row_bytes") or DEFAULT_MAX_ROW_BYTES,
@@ -132,11 +137,7 @@ def prepare_streamed_train(data_cfg, encoder: ResponseEncoder, backbone_path: st
     from rlhf_rm.data import token_cache
     from rlhf_rm.data.streaming import prepare_streamed_split
 
-    dev_keys = None
-    if data_cfg.get("dev"):
-        _, dev_content, _ = _encoded_split(source_specs(data_cfg.dev), data_cfg, encoder, run_dir, "dev",
-                                           data_cfg.get("dev_limit"))
-        dev_keys = frozenset(dev_content)
+    dev_keys = _dev_keys(data_cfg, encoder, run_dir)
     specs = source_specs(data_cfg.train)
     rows_per_unit = int(data_cfg.get("rows_per_unit") or 50_000)
     key = _split_cache_key(specs, _load_options(data_cfg, None, dev_keys), encoder, "train", dev_keys,
