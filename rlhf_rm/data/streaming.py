@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from rlhf_rm.batching.collate import LAYOUTS
 from rlhf_rm.data.load import DataError, DataReport, example_key, load_examples
 from rlhf_rm.data.readers import Part, expand_paths, plan_parts
 
 MANIFEST = "manifest.json"
-LAYOUTS = ("prefix_shared", "separate")
 _SUMMARY_COUNTS = ("rows_read", "used", "examples", "other_split", "without_comparison", "deduplicated",
                    "duplicate_examples", "dev_overlap", "dropped_dev_overlap", "ties")
 
