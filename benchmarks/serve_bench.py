@@ -107,6 +107,8 @@ def main(argv=None) -> int:
     parser.add_argument("--callers", type=int, default=32, help="concurrent callers for throughput / high load")
     parser.add_argument("--texts-per-request", type=int, default=8)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--batch-wait", type=float, default=None,
+                        help="the pool's batch_wait_timeout_s (default: the shipped one)")
     args = parser.parse_args(argv)
 
     import httpx
@@ -135,7 +137,8 @@ def main(argv=None) -> int:
     config = ServeConfig(app_name="rm_bench", port=args.port, num_replicas=1, num_cpus_per_replica=1,
                          torch_threads=args.threads,
                          live=LiveSettings(checkpoint=checkpoint, max_length=args.max_length, max_batch_size=256,
-                                           batch_wait_timeout_s=0.002, tokens_per_forward=best_tokens))
+                                           batch_wait_timeout_s=(LiveSettings.batch_wait_timeout_s if args.batch_wait is None
+                                                                 else args.batch_wait), tokens_per_forward=best_tokens))
     handle = start(config)
     url = f"http://127.0.0.1:{args.port}"
 

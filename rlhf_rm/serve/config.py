@@ -17,7 +17,7 @@ class LiveSettings:
     normalize: bool = False  # default for requests that do not choose: (score - mean) / std from the checkpoint
     max_length: int | None = None  # None: the checkpoint's training max_length
     max_batch_size: int = 256  # texts per batched call
-    batch_wait_timeout_s: float = 0.002  # wait of a batch's first text for company
+    batch_wait_timeout_s: float = 0.0    # wait of a batch's first text for company (a busy replica batches anyway)
     tokens_per_forward: int = 16384  # padded tokens per model forward inside a batch
 
     @classmethod

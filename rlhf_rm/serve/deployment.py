@@ -7,7 +7,12 @@ not depend on its batch mates.
 
 Serve closes a batch every `batch_wait_timeout_s` whether or not the model is free, so while one forward
 runs, many small batches pile up. `_ForwardQueue` merges everything that waited into the next forward:
-batches grow with load instead of staying at a few texts.
+batches grow with load instead of staying at a few texts (so the default wait is 0: an idle replica
+answers at once, a busy one still batches).
+
+Texts are tokenized on the forward thread, just before their forward: a request crosses one thread
+boundary each way (event loop -> forward thread -> event loop), and the fast tokenizer, which is not safe
+to call from two threads at once, only ever runs on that one thread.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the body models as real classes
@@ -24,7 +29,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from rlhf_rm.batching.tokenize import EncodedGroup
 from rlhf_rm.scoring import RewardScorer
 from rlhf_rm.serve.config import LiveSettings
 from rlhf_rm.serve.protocol import (BadRequest, ClassifyRequest, GetRewardRequest, ScoreRequest, check_pairs,
@@ -98,7 +102,7 @@ class _ForwardQueue:
             self.batches += 1
             self.texts += len(merged)
             try:
-                scores = await loop.run_in_executor(self.executor, _score_items, merged)
+                results = await loop.run_in_executor(self.executor, _score_items, merged)
             except Exception as error:  # noqa: BLE001 - handed to every waiting caller
                 for _, future in taken:
                     if not future.done():  # a caller may have gone away meanwhile
@@ -107,22 +111,25 @@ class _ForwardQueue:
             start = 0
             for items, future in taken:
                 if not future.done():
-                    future.set_result(scores[start:start + len(items)])
+                    future.set_result(results[start:start + len(items)])
                 start += len(items)
 
 
-def _score_items(items: list[tuple[RewardScorer, EncodedGroup]]) -> list[tuple[float, float | None]]:
-    """Forward a merged batch; items encoded by different scorers (mid-reload) go to their own model.
-    Each item gets (score, spread); spread is the std across ensemble heads, None for one head."""
-    results: list[tuple[float, float | None]] = [(0.0, None)] * len(items)
+def _score_items(items: list[tuple[RewardScorer, object, object]]) -> list[tuple]:
+    """Tokenize and forward a merged batch of (scorer, prompt, response) items; items of different scorers
+    (mid-reload) go to their own model. Each item gets (score, spread, truncated, tokens); spread is the
+    std across ensemble heads, None for one head."""
+    results: list[tuple] = [()] * len(items)
     by_scorer: dict[int, list[int]] = {}
-    for index, (scorer, _) in enumerate(items):
+    for index, (scorer, _, _) in enumerate(items):
         by_scorer.setdefault(id(scorer), []).append(index)
     for indices in by_scorer.values():
         scorer = items[indices[0]][0]
-        values, spreads = scorer.score_encoded_with_spread([items[i][1] for i in indices])
-        for position, (index, value) in enumerate(zip(indices, values)):
-            results[index] = (value, None if spreads is None else spreads[position])
+        encoded = [scorer.encode(items[i][1], items[i][2]) for i in indices]
+        values, spreads = scorer.score_encoded_with_spread(encoded)
+        for position, (index, value, group) in enumerate(zip(indices, values, encoded)):
+            results[index] = (value, None if spreads is None else spreads[position],
+                              group.prompt_truncated or group.response_truncated, group.shared_length())
     return results
 
 
@@ -140,15 +147,13 @@ class ScoringDeployment:
         http_app.state.token_sha256 = token_sha256
         self.scorer: RewardScorer | None = None
         self.settings: LiveSettings | None = None
-        # One thread each: the event loop keeps queueing requests while a forward runs, and the
-        # fast tokenizer is not safe to call from two threads at once.
-        self._tokenize_thread = ThreadPoolExecutor(1, thread_name_prefix="rm-tokenize")
+        # One forward thread: the event loop keeps queueing requests while a forward runs.
         self._forward_queue = _ForwardQueue(ThreadPoolExecutor(1, thread_name_prefix="rm-forward"))
 
     # -- live settings ------------------------------------------------------------------------
     async def reconfigure(self, user_config: dict) -> None:
         """Called by Serve at start and on every user_config change: load a new checkpoint beside the
-        old one, then swap. Requests already encoded finish on the model that encoded them."""
+        old one, then swap. Requests already received finish on the model that was live when they arrived."""
         settings = LiveSettings.from_dict(user_config)
         old = self.settings
         if old is None or (settings.checkpoint, settings.max_length) != (old.checkpoint, old.max_length):
@@ -167,8 +172,8 @@ class ScoringDeployment:
     # Many batches may be open at once: they wait in _ForwardQueue, which merges them. (Serve warns when
     # max_batch_size x max_concurrent_batches exceeds max_ongoing_requests; our items are texts, not
     # requests, so that bound does not apply.)
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.002, max_concurrent_batches=64)
-    async def _forward_batch(self, items: list[tuple[RewardScorer, EncodedGroup]]) -> list[tuple]:
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0, max_concurrent_batches=64)
+    async def _forward_batch(self, items: list[tuple[RewardScorer, object, object]]) -> list[tuple]:
         return await self._forward_queue.run(items)
 
     async def score(self, prompts: list | None, responses: list, normalize: bool | None = None) -> dict:
@@ -180,18 +185,14 @@ class ScoringDeployment:
         mean, std = scorer.metadata.get("reward_mean"), scorer.metadata.get("reward_std")
         if normalize and (mean is None or not std):
             raise BadRequest(f"checkpoint {scorer.checkpoint} stores no reward_mean/reward_std to normalize with")
-        loop = asyncio.get_running_loop()
-        encoded = await loop.run_in_executor(
-            self._tokenize_thread, lambda: [scorer.encode(p, r) for p, r in zip(prompts, responses)])
-        results = await asyncio.gather(*(self._forward_batch((scorer, e)) for e in encoded))
-        scores = [score for score, _ in results]
-        spreads = [spread for _, spread in results] if scorer.ensemble_size > 1 else None
+        results = await asyncio.gather(*(self._forward_batch((scorer, p, r)) for p, r in zip(prompts, responses)))
+        scores = [result[0] for result in results]
+        spreads = [result[1] for result in results] if scorer.ensemble_size > 1 else None
         if normalize:
             scores = [(s - mean) / std for s in scores]
             spreads = None if spreads is None else [s / std for s in spreads]
         return {"scores": scores, "spreads": spreads, "normalized": bool(normalize),
-                "truncated": [e.prompt_truncated or e.response_truncated for e in encoded],
-                "tokens": [e.shared_length() for e in encoded]}
+                "truncated": [result[2] for result in results], "tokens": [result[3] for result in results]}
 
     def info(self) -> dict:
         metadata = self.scorer.metadata
