@@ -5,11 +5,14 @@
 2. runs `python -m rlhf_rm.train data.streaming=true trainer.max_steps=S` on it with the default backbone,
    sampling every process of the run (driver, Ray Data actors and tasks, Ray Train workers, raylet) with
    psutil twice a second;
-3. prints the data summary, wall time and the peak memory per process kind (USS: what the process alone
-   holds; RSS also counts object-store pages it touched), so the memory bound (no process holds the whole
-   set) is a measured figure. A second run reuses the prepared shards (cache hit) and only trains.
+3. prints the data summary, wall time and the peak memory per process role (private memory outside the
+   object store: what the process itself holds; object-store pages it alone touched; RSS), so the memory
+   bound (no process holds the whole set) is a measured figure. A second run reuses the prepared shards
+   (cache hit) and only trains;
+4. with --baseline-rows N, trains the same steps in memory (data.streaming=false, data.limit=N) on the same
+   file, sampled the same way, so the streamed figures have a reference from the same machine and settings.
 
-    python benchmarks/scale_data.py --rows 2000000 --steps 5 [--out outputs/scale]
+    python benchmarks/scale_data.py --rows 2000000 --steps 5 --baseline-rows 20000 [--out outputs/scale]
 """
 
 from __future__ import annotations
@@ -56,17 +59,38 @@ def write_synthetic(path: Path, rows: int, seed: int = 0, repeats: int = 1000) -
 
 
 def kind_of(process) -> str:
+    """What a process is doing now, from its title: Ray names a worker `ray::<task or actor>` while it
+    runs one (`ray::IDLE` between tasks), so a pooled worker is counted under the role it holds."""
     try:
         title = " ".join(process.cmdline())
     except Exception:  # noqa: BLE001 -- a process that just exited
         return "gone"
     for marker, name in (("RayTrainWorker", "Ray Train worker"), ("PrepareUnits", "Ray Data prepare actor"),
+                         ("_read_shards", "Ray Data shard reader task"),
+                         ("SplitCoordinator", "Ray Data split coordinator"),
                          ("MapWorker", "Ray Data actor"), ("ReadParquet", "Ray Data read task"),
+                         ("ray::IDLE", "idle Ray worker"),
                          ("raylet", "raylet"), ("gcs_server", "gcs_server"), ("rlhf_rm.train", "driver"),
                          ("TrainController", "Ray Train controller"), ("dashboard", "dashboard")):
         if marker in title:
             return name
     return "other Ray worker" if "ray::" in title or "default_worker" in title else "other"
+
+
+def private_memory(process) -> tuple[int, int]:
+    """(private bytes outside the object store, private bytes of object-store pages).
+
+    Every Ray process maps the shared object store (a /dev/shm `plasma` file). A store page that only this
+    process has touched counts as private in /proc/PID/smaps, so plain USS charges a process for the
+    objects it wrote or read there, up to the store's size, however little it holds itself."""
+    own = store = 0
+    for mapping in process.memory_maps(grouped=True):
+        private = mapping.private_clean + mapping.private_dirty
+        if "plasma" in mapping.path:
+            store += private
+        else:
+            own += private
+    return own, store
 
 
 def sample(root_pid: int, stop: threading.Event, peaks: dict) -> None:
@@ -80,21 +104,61 @@ def sample(root_pid: int, stop: threading.Event, peaks: dict) -> None:
             break
         for process in processes:
             try:
-                # USS: memory only this process holds. RSS also counts the Ray object store's shared pages
-                # a process has touched, which grow towards the store's size in any long Ray Data reader.
-                memory = process.memory_full_info()
+                own, store = private_memory(process)
+                rss = process.memory_info().rss
                 name = kind_of(process)
             except psutil.Error:
                 continue
-            peaks[name] = max(peaks[name], memory.uss)
-            peaks[f"{name} (RSS)"] = max(peaks[f"{name} (RSS)"], memory.rss)
+            peaks[name] = max(peaks[name], own)
+            peaks[f"{name} (store)"] = max(peaks[f"{name} (store)"], store)
+            peaks[f"{name} (RSS)"] = max(peaks[f"{name} (RSS)"], rss)
         time.sleep(0.5)
+
+
+def run_sampled(command: list[str]) -> tuple[int, dict, float]:
+    """Run a training command, sampling its process tree; (exit code, peaks in bytes, wall seconds)."""
+    print("$", " ".join(command), flush=True)
+    peaks: dict = defaultdict(int)
+    stop = threading.Event()
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT)
+    sampler = threading.Thread(target=sample, args=(process.pid, stop, peaks), daemon=True)
+    sampler.start()
+    code = process.wait()
+    stop.set()
+    sampler.join()
+    return code, peaks, time.perf_counter() - started
+
+
+def report(run_dir: Path, rows: int, peaks: dict, wall: float) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    summary = metrics["data"]["train"]
+
+    def mib(suffix: str | None) -> dict:
+        chosen = {k: v for k, v in peaks.items()
+                  if (k.endswith(suffix) if suffix else not k.endswith(("(RSS)", "(store)")))}
+        return {k.removesuffix(f" {suffix}" if suffix else ""): round(v / 2**20)
+                for k, v in sorted(chosen.items(), key=lambda kv: -kv[1]) if v}
+
+    return {"rows": rows, "wall_s": round(wall, 1), "train_steps": metrics["train_steps"],
+            "train_seconds": round(metrics["train_seconds"], 1),
+            "rows_read": summary["rows_read"], "used": summary["used"], "deduplicated": summary["deduplicated"],
+            "quarantined": summary["quarantined"], "units": summary.get("units"),
+            "cache_hit": summary["cache"]["hit"],
+            # private memory outside the object store: what the process itself holds
+            "peak_private_mib": mib(None),
+            # object-store pages only this process had touched (bounded by the store's size, not the data's)
+            "peak_private_store_pages_mib": mib("(store)"),
+            "peak_rss_mib": mib("(RSS)")}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--baseline-rows", type=int, default=0,
+                        help="also train the same steps in memory (data.streaming=false) on this many rows of "
+                             "the same file, sampled the same way: what streaming adds or saves per process")
     parser.add_argument("--out", default="outputs/scale")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -107,35 +171,22 @@ def main() -> int:
     print(f"data: {data} ({data.stat().st_size / 2**20:.0f} MiB, {args.rows:,} rows) "
           f"written in {time.perf_counter() - started:.0f}s", flush=True)
 
-    command = [sys.executable, "-m", "rlhf_rm.train", f"data.train={data}", f"data.dev={DEV}", "data.dev_limit=64",
-               "data.streaming=true", f"trainer.max_steps={args.steps}", "trainer.num_workers=2", "logger=none",
-               f"hydra.run.dir={out / 'run'}", f"trainer.storage_path={out / 'ray'}", *args.overrides]
-    print("$", " ".join(command), flush=True)
-    peaks: dict = defaultdict(int)
-    stop = threading.Event()
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT)
-    sampler = threading.Thread(target=sample, args=(process.pid, stop, peaks), daemon=True)
-    sampler.start()
-    code = process.wait()
-    stop.set()
-    sampler.join()
-    wall = time.perf_counter() - started
-    if code != 0:
-        print(f"training exited with {code}", flush=True)
-        return code
-    metrics = json.loads((out / "run" / "metrics.json").read_text())
-    summary = metrics["data"]["train"]
-    result = {"rows": args.rows, "wall_s": round(wall, 1), "train_steps": metrics["train_steps"],
-              "train_seconds": round(metrics["train_seconds"], 1),
-              "rows_read": summary["rows_read"], "used": summary["used"], "deduplicated": summary["deduplicated"],
-              "quarantined": summary["quarantined"], "units": summary["units"], "cache_hit": summary["cache"]["hit"],
-              "peak_uss_mib": {k: round(v / 2**20) for k, v in sorted(peaks.items(), key=lambda kv: -kv[1])
-                               if not k.endswith("(RSS)")},
-              "peak_rss_mib": {k.removesuffix(" (RSS)"): round(v / 2**20) for k, v in
-                               sorted(peaks.items(), key=lambda kv: -kv[1]) if k.endswith("(RSS)")}}
-    print(json.dumps(result, indent=2))
-    (out / "scale_result.json").write_text(json.dumps(result, indent=2))
+    common = [sys.executable, "-m", "rlhf_rm.train", f"data.train={data}", f"data.dev={DEV}", "data.dev_limit=64",
+              f"trainer.max_steps={args.steps}", "trainer.num_workers=2", "logger=none",
+              f"trainer.storage_path={out / 'ray'}", *args.overrides]
+    results = {}
+    runs = [("streamed", ["data.streaming=true", f"hydra.run.dir={out / 'run'}"], args.rows)]
+    if args.baseline_rows:
+        runs.append(("in_memory", ["data.streaming=false", f"data.limit={args.baseline_rows}",
+                                   f"hydra.run.dir={out / 'run_in_memory'}"], args.baseline_rows))
+    for name, extra, rows in runs:
+        code, peaks, wall = run_sampled([*common, *extra])
+        if code != 0:
+            print(f"{name} training exited with {code}", flush=True)
+            return code
+        results[name] = report(Path(extra[-1].split("=", 1)[1]), rows, peaks, wall)
+    print(json.dumps(results, indent=2))
+    (out / "scale_result.json").write_text(json.dumps(results, indent=2))
     return 0
 
 
