@@ -173,6 +173,20 @@ def test_score_does_not_depend_on_batch_mates(pool, direct, texts):
     assert batched_texts == 24 and batches < 24, (batches, batched_texts)
 
 
+def test_a_text_that_fails_to_encode_fails_alone(direct, texts):
+    # Texts are tokenized on the forward thread, merged with other callers' texts: one that the tokenizer
+    # refuses (here a number as prompt, which check_pairs stops before it gets this far) must not take
+    # its batch mates down with it.
+    from rlhf_rm.serve.deployment import _score_items
+
+    prompts, responses = texts
+    scorer = direct[0]
+    results = _score_items([(scorer, prompts[0], responses[0]), (scorer, 12345, "hi"),
+                            (scorer, prompts[1], responses[1])])
+    assert isinstance(results[1], Exception)
+    assert_scores([results[0][0], results[2][0]], expected(scorer, prompts[:2], responses[:2]))
+
+
 # -- HTTP dialects --------------------------------------------------------------------------------
 def test_http_routes_openrlhf_vllm_ours(pool, direct, texts):
     prompts, responses = texts

@@ -117,18 +117,23 @@ class _ForwardQueue:
 
 def _score_items(items: list[tuple[RewardScorer, object, object]]) -> list[tuple]:
     """Tokenize and forward a merged batch of (scorer, prompt, response) items; items of different scorers
-    (mid-reload) go to their own model. Each item gets (score, spread, truncated, tokens); spread is the
-    std across ensemble heads, None for one head."""
+    (mid-reload) go to their own model. Each item gets (score, spread, truncated, tokens), or the exception
+    that encoding it raised; spread is the std across ensemble heads, None for one head."""
     results: list[tuple] = [()] * len(items)
     by_scorer: dict[int, list[int]] = {}
     for index, (scorer, _, _) in enumerate(items):
         by_scorer.setdefault(id(scorer), []).append(index)
     for indices in by_scorer.values():
         scorer = items[indices[0]][0]
-        encoded = [scorer.encode(items[i][1], items[i][2]) for i in indices]
-        values, spreads = scorer.score_encoded_with_spread(encoded)
-        for position, (index, value, group) in enumerate(zip(indices, values, encoded)):
-            results[index] = (value, None if spreads is None else spreads[position],
+        encoded = {}
+        for index in indices:
+            try:
+                encoded[index] = scorer.encode(items[index][1], items[index][2])
+            except Exception as error:  # noqa: BLE001 - e.g. a chat template refusing the messages:
+                results[index] = error  # that caller gets a 400, its batch mates are still scored
+        values, spreads = scorer.score_encoded_with_spread(list(encoded.values()))
+        for position, (index, group) in enumerate(encoded.items()):
+            results[index] = (values[position], None if spreads is None else spreads[position],
                               group.prompt_truncated or group.response_truncated, group.shared_length())
     return results
 
@@ -186,6 +191,9 @@ class ScoringDeployment:
         if normalize and (mean is None or not std):
             raise BadRequest(f"checkpoint {scorer.checkpoint} stores no reward_mean/reward_std to normalize with")
         results = await asyncio.gather(*(self._forward_batch((scorer, p, r)) for p, r in zip(prompts, responses)))
+        for index, result in enumerate(results):
+            if isinstance(result, Exception):
+                raise BadRequest(f"text {index} could not be encoded: {type(result).__name__}: {result}")
         scores = [result[0] for result in results]
         spreads = [result[1] for result in results] if scorer.ensemble_size > 1 else None
         if normalize:
