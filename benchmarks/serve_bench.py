@@ -172,13 +172,13 @@ def main(argv=None) -> int:
           f"mean pool batch {batches['texts'] / max(1, batches['count']):.1f} texts\n")
     print("| path | callers x texts/request | scores/s | vs bare | p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|")
-    print(f"| bare forward | batch of {args.texts} | {bare_rate:.0f} | 1.00 | {bare_single_ms:.2f} (1 text) | |")
+    print(f"| bare forward | batch of {args.texts} | {bare_rate:.3g} | 1.00 | {bare_single_ms:.2f} (1 text) | |")
     shapes = {"throughput": f"{args.callers} x {args.texts_per_request}", "1 caller": "1 x 1",
               f"{args.callers} callers": f"{args.callers} x 1"}
     for key, (rate, latencies) in rows.items():
         name, kind = key.split(" ", 1)
         p50, p99 = percentiles(latencies)
-        print(f"| pool {name} | {shapes[kind]} | {rate:.0f} | {rate / bare_rate:.2f} | {p50:.2f} | {p99:.2f} |")
+        print(f"| pool {name} | {shapes[kind]} | {rate:.3g} | {rate / bare_rate:.2f} | {p50:.2f} | {p99:.2f} |")
     p50_handle = percentiles(rows["handle 1 caller"][1])[0]
     p50_http = percentiles(rows["http 1 caller"][1])[0]
     print(f"\np50 overhead over the bare single-text forward: handle {p50_handle - bare_single_ms:.2f} ms, "
