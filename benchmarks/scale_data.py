@@ -109,16 +109,16 @@ def sample(root_pid: int, stop: threading.Event, peaks: dict) -> None:
                 name = kind_of(process)
             except psutil.Error:
                 continue
-            peaks[name] = max(peaks[name], own)
-            peaks[f"{name} (store)"] = max(peaks[f"{name} (store)"], store)
-            peaks[f"{name} (RSS)"] = max(peaks[f"{name} (RSS)"], rss)
+            for measure, value in (("private", own), ("store", store), ("rss", rss)):
+                peaks[measure][name] = max(peaks[measure][name], value)
         time.sleep(0.5)
 
 
 def run_sampled(command: list[str]) -> tuple[int, dict, float]:
-    """Run a training command, sampling its process tree; (exit code, peaks in bytes, wall seconds)."""
+    """Run a training command, sampling its process tree; (exit code, peak bytes per measure and process
+    role, wall seconds)."""
     print("$", " ".join(command), flush=True)
-    peaks: dict = defaultdict(int)
+    peaks = {measure: defaultdict(int) for measure in ("private", "store", "rss")}
     stop = threading.Event()
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT)
@@ -134,11 +134,9 @@ def report(run_dir: Path, rows: int, peaks: dict, wall: float) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     summary = metrics["data"]["train"]
 
-    def mib(suffix: str | None) -> dict:
-        chosen = {k: v for k, v in peaks.items()
-                  if (k.endswith(suffix) if suffix else not k.endswith(("(RSS)", "(store)")))}
-        return {k.removesuffix(f" {suffix}" if suffix else ""): round(v / 2**20)
-                for k, v in sorted(chosen.items(), key=lambda kv: -kv[1]) if v}
+    def mib(measure: str) -> dict:
+        return {name: round(value / 2**20) for name, value in sorted(peaks[measure].items(), key=lambda kv: -kv[1])
+                if value}
 
     return {"rows": rows, "wall_s": round(wall, 1), "train_steps": metrics["train_steps"],
             "train_seconds": round(metrics["train_seconds"], 1),
@@ -146,10 +144,10 @@ def report(run_dir: Path, rows: int, peaks: dict, wall: float) -> dict:
             "quarantined": summary["quarantined"], "units": summary.get("units"),
             "cache_hit": summary["cache"]["hit"],
             # private memory outside the object store: what the process itself holds
-            "peak_private_mib": mib(None),
+            "peak_private_mib": mib("private"),
             # object-store pages only this process had touched (bounded by the store's size, not the data's)
-            "peak_private_store_pages_mib": mib("(store)"),
-            "peak_rss_mib": mib("(RSS)")}
+            "peak_private_store_pages_mib": mib("store"),
+            "peak_rss_mib": mib("rss")}
 
 
 def main() -> int:
@@ -175,16 +173,16 @@ def main() -> int:
               f"trainer.max_steps={args.steps}", "trainer.num_workers=2", "logger=none",
               f"trainer.storage_path={out / 'ray'}", *args.overrides]
     results = {}
-    runs = [("streamed", ["data.streaming=true", f"hydra.run.dir={out / 'run'}"], args.rows)]
+    runs = [("streamed", out / "run", ["data.streaming=true"], args.rows)]
     if args.baseline_rows:
-        runs.append(("in_memory", ["data.streaming=false", f"data.limit={args.baseline_rows}",
-                                   f"hydra.run.dir={out / 'run_in_memory'}"], args.baseline_rows))
-    for name, extra, rows in runs:
-        code, peaks, wall = run_sampled([*common, *extra])
+        runs.append(("in_memory", out / "run_in_memory", ["data.streaming=false", f"data.limit={args.baseline_rows}"],
+                     args.baseline_rows))
+    for name, run_dir, extra, rows in runs:
+        code, peaks, wall = run_sampled([*common, *extra, f"hydra.run.dir={run_dir}"])
         if code != 0:
             print(f"{name} training exited with {code}", flush=True)
             return code
-        results[name] = report(Path(extra[-1].split("=", 1)[1]), rows, peaks, wall)
+        results[name] = report(run_dir, rows, peaks, wall)
     print(json.dumps(results, indent=2))
     (out / "scale_result.json").write_text(json.dumps(results, indent=2))
     return 0

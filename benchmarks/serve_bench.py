@@ -134,11 +134,11 @@ def main(argv=None) -> int:
 
     ray.init(num_cpus=os.cpu_count() + 2, include_dashboard=False, log_to_driver=False)
     os.environ.pop("RLHF_RM_SERVE_TOKEN", None)
+    wait = {} if args.batch_wait is None else {"batch_wait_timeout_s": args.batch_wait}  # else the shipped default
     config = ServeConfig(app_name="rm_bench", port=args.port, num_replicas=1, num_cpus_per_replica=1,
                          torch_threads=args.threads,
                          live=LiveSettings(checkpoint=checkpoint, max_length=args.max_length, max_batch_size=256,
-                                           batch_wait_timeout_s=(LiveSettings.batch_wait_timeout_s if args.batch_wait is None
-                                                                 else args.batch_wait), tokens_per_forward=best_tokens))
+                                           tokens_per_forward=best_tokens, **wait))
     handle = start(config)
     url = f"http://127.0.0.1:{args.port}"
 
