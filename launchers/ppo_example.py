@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     if app is None:
         app = "rlhf_rm"
         start(ServeConfig(app_name=app, port=args.port, num_cpus_per_replica=1,
-                          live=LiveSettings(checkpoint=args.reward_checkpoint, max_length=256)))
+                          live=LiveSettings(checkpoint=args.reward_checkpoint)))
     tracker = RunTracker({"backend": "wandb"} if args.wandb else None, str(ROOT / "outputs" / "ppo_example"),
                          vars(args), name="ppo_example")
     policy_actor = make_policy_actor()

@@ -326,8 +326,8 @@ def evaluate(cfg: DictConfig, report_dir: Path) -> dict:
     if not pairs:
         raise ValueError(f"no usable pairs in data.dev={cfg.data.dev}")
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    scorer = RewardScorer(checkpoint, max_length=cfg.max_length, tokens_per_batch=cfg.tokens_per_batch,
-                          device=device)
+    # The checkpoint's rendering decides lengths and EOS; loading re-scores its parity canaries.
+    scorer = RewardScorer(checkpoint, tokens_per_batch=cfg.tokens_per_batch, device=device, dtype=cfg.dtype)
     scored = score_pairs(scorer, pairs, labels)
     report = build_report(scored, checkpoint, list(data_summary["sources"]), data_summary, bins=cfg.report.bins,
                           worst_k=cfg.report.worst_k, length_edges=list(cfg.report.length_edges))

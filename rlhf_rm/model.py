@@ -119,10 +119,21 @@ def merged_for_saving(model: RewardModel) -> RewardModel:
 
 
 def save_checkpoint(model: RewardModel, tokenizer, directory: str | Path, metadata: dict,
-                    state_dict: dict | None = None) -> Path:
-    """Write a directory that plain `AutoModelForSequenceClassification.from_pretrained` can load."""
+                    state_dict: dict | None = None, certify: bool = True) -> Path:
+    """Write a directory that plain `AutoModelForSequenceClassification.from_pretrained` + `AutoTokenizer`
+    load and score exactly as training did: the tokenizer is saved with the rendering applied (left
+    truncation at max_length, EOS post-processor when the spec appends one), the spec goes into
+    rlhf_rm.json, and a parity certificate of canary scores is written (certificate.py)."""
+    import copy
+
+    from rlhf_rm.rendering import RenderingSpec, apply_to_tokenizer
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    spec = RenderingSpec.from_metadata(metadata)
+    if spec is None:  # callers that state only the two settings
+        spec = RenderingSpec.for_tokenizer(tokenizer, metadata.get("max_length", 2048), metadata.get("append_eos", False))
+    metadata = {**metadata, "rendering": spec.to_dict(), "max_length": spec.max_length, "append_eos": spec.append_eos}
     hf_model = model.hf_model
     hf_model.config.problem_type = "regression"
     hf_model.config.pad_token_id = tokenizer.pad_token_id
@@ -132,8 +143,14 @@ def save_checkpoint(model: RewardModel, tokenizer, directory: str | Path, metada
         hf_model.save_pretrained(directory, state_dict=state_dict)
     else:
         hf_model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    saved_tokenizer = copy.deepcopy(tokenizer)
+    apply_to_tokenizer(saved_tokenizer, spec)
+    saved_tokenizer.save_pretrained(directory)
     (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
+    if certify:
+        from rlhf_rm.certificate import issue_certificate
+
+        issue_certificate(directory)
     return directory
 
 

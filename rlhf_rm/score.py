@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--response", action="append", default=[])
     parser.add_argument("--file", help="JSONL/JSON/Parquet preference pairs to score")
     parser.add_argument("--on-error", default="raise", choices=["raise", "skip"])
-    parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="lengths, EOS and template always come from the checkpoint's rendering")
     args = parser.parse_args(argv)
     if not args.file and not args.response:
         parser.error("give --prompt/--response or --file")
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    scorer = RewardScorer(args.checkpoint, max_length=args.max_length)
+    scorer = RewardScorer(args.checkpoint, dtype=args.dtype)
     if args.response:
         prompts = args.prompt or [""] * len(args.response)
         for item in scorer.score(prompts, args.response):

@@ -1,7 +1,12 @@
-"""Score (prompt, response) texts with a trained checkpoint: the one code path shared by CLI, eval and serving."""
+"""Score (prompt, response) texts with a trained checkpoint: the one code path shared by CLI, eval and serving.
+
+Every load re-scores the checkpoint's parity canaries (certificate.py) and refuses a model that no longer
+gives the rewards it was saved with.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +15,10 @@ from rlhf_rm.batching.collate import collate
 from rlhf_rm.batching.tokenize import EncodedGroup, ResponseEncoder
 from rlhf_rm.data.examples import Text
 from rlhf_rm.model import load_reward_model, load_tokenizer, read_metadata
+from rlhf_rm.rendering import RenderingSpec
+
+logger = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -19,17 +28,35 @@ class ScoredText:
     spread: float | None = None  # std across ensemble heads; None for a single-head model
 
 
+def checkpoint_rendering(metadata: dict, tokenizer) -> RenderingSpec:
+    """The checkpoint's rendering; checkpoints from before the spec existed stored max_length/append_eos."""
+    spec = RenderingSpec.from_metadata(metadata)
+    if spec is not None:
+        return spec
+    return RenderingSpec.for_tokenizer(tokenizer, metadata.get("max_length", 2048), metadata.get("append_eos", True))
+
+
 class RewardScorer:
-    def __init__(self, checkpoint: str, max_length: int | None = None, tokens_per_batch: int = 8192,
-                 device: str = "cpu"):
+    def __init__(self, checkpoint: str, tokens_per_batch: int = 8192, device: str = "cpu",
+                 dtype: str = "float32", verify: bool = True):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r}; choose one of {sorted(DTYPES)}")
         self.checkpoint = checkpoint
         self.metadata = read_metadata(checkpoint)
         self.tokenizer = load_tokenizer(checkpoint)
-        self.model = load_reward_model(checkpoint, self.tokenizer).to(device).eval()
-        self.device = device
-        self.encoder = ResponseEncoder(self.tokenizer, max_length or self.metadata.get("max_length", 2048),
-                                       append_eos=self.metadata.get("append_eos", True))
+        self.model = load_reward_model(checkpoint, self.tokenizer, dtype=DTYPES[dtype]).to(device).eval()
+        self.device, self.dtype = device, dtype
+        self.encoder = ResponseEncoder(self.tokenizer, spec=checkpoint_rendering(self.metadata, self.tokenizer))
         self.tokens_per_batch = tokens_per_batch
+        self.certified = False
+        if verify:
+            from rlhf_rm.certificate import verify_certificate
+
+            self.certified = verify_certificate(self)
+
+    @property
+    def spec(self) -> RenderingSpec:
+        return self.encoder.spec
 
     def encode(self, prompt: Text, response: Text) -> EncodedGroup:
         return self.encoder.encode_group(prompt, [response])
@@ -57,7 +84,7 @@ class RewardScorer:
                 end += 1
             chunk = order[start:end]
             batch = collate([encoded[i] for i in chunk], self.tokenizer.pad_token_id, layout="separate")
-            rewards = self.model(**{k: v.to(self.device) for k, v in batch.model_inputs().items()}).cpu()
+            rewards = self.model(**{k: v.to(self.device) for k, v in batch.model_inputs().items()}).float().cpu()
             if rewards.ndim == 2:
                 for index, value in zip(chunk, rewards.std(dim=1, unbiased=False).tolist()):
                     spreads[index] = value

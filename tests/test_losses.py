@@ -155,3 +155,66 @@ def test_mismatch_is_a_startup_error():
 def test_unknown_loss_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown loss 'nope'"):
         build_loss({"name": "nope"})
+
+
+def _lse(*values: float) -> float:
+    return math.log(sum(math.exp(v) for v in values))
+
+
+def test_plackett_luce_tied_ranks_form_one_block():
+    """ranks [0, 1, 1], r = [1, 2, 3]: response 0 is picked first, then the tied {1, 2} in no order:
+    loss = lse(1, 2, 3) − 1 (the old list-order rule added lse(2, 3) − 2, teaching 1 above 2)."""
+    loss = build_loss({"name": "plackett_luce"})(ranking_inputs([[1.0, 2.0, 3.0]], [[0, 1, 1]]))
+    assert loss.item() == pytest.approx(_lse(1, 2, 3) - 1)
+
+
+def test_plackett_luce_tie_at_the_top_shares_one_risk_set():
+    """ranks [0, 0, 1], r = [1, 2, 3] (Breslow): (lse(1, 2, 3) − 1) + (lse(1, 2, 3) − 2); the last block is certain."""
+    loss = build_loss({"name": "plackett_luce"})(ranking_inputs([[1.0, 2.0, 3.0]], [[0, 0, 1]]))
+    assert loss.item() == pytest.approx(2 * _lse(1, 2, 3) - 3)
+
+
+def test_plackett_luce_does_not_depend_on_the_order_of_tied_items():
+    rewards = [[0.3, -1.2, 2.0, 0.7]]
+    loss_fn = build_loss({"name": "plackett_luce"})
+    a = loss_fn(ranking_inputs(rewards, [[1, 0, 1, 2]]))
+    b = loss_fn(ranking_inputs([[rewards[0][2], -1.2, rewards[0][0], 0.7]], [[1, 0, 1, 2]]))  # swap the tied pair
+    assert a.item() == pytest.approx(b.item())
+    strict = loss_fn(ranking_inputs([[3.0, 2.0, 1.0]], [[0, 1, 2]]))
+    assert strict.item() == pytest.approx(_lse(3, 2, 1) - 3 + _lse(2, 1) - 2)  # no ties: the usual PL
+
+
+def test_plackett_luce_all_tied_group_has_nothing_to_learn():
+    inputs = ranking_inputs([[1.0, 5.0, 2.0], [2.0, 0.0, 0.0]], [[0, 0, 0], [0, 1, 2]])
+    loss = build_loss({"name": "plackett_luce"})(inputs)
+    assert loss.item() == pytest.approx(_lse(2, 0, 0) - 2 + _lse(0, 0) - 0)  # only the second group counts
+
+
+@pytest.mark.parametrize("name", ["bradley_terry", "soft_label", "margin", "plackett_luce", "pairwise_all"])
+def test_probability_below_half_trains_as_the_reversed_pair(tmp_path, name):
+    """A row {"chosen": a, "rejected": b, "probability": 0.2} means b is preferred: read through the
+    reader and the encoder it is the pair (b, a) with p = 0.8 for every loss."""
+    from rlhf_rm.data import load_pairs
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "Q", "chosen": "a", "rejected": "b", "probability": 0.2, "margin": 1.0}\n')
+    pairs, _ = load_pairs(str(path))
+    assert (pairs[0].chosen, pairs[0].rejected, pairs[0].probability) == ("b", "a", pytest.approx(0.8))
+    r_a, r_b = 0.4, -0.3  # rewards of a and b; the oriented group holds (b, a)
+    loss = build_loss({"name": name, **({"margin": None} if name == "margin" else {})})
+    value = loss(pair_inputs([[r_b, r_a]], probability=[pairs[0].probability], margin=[1.0])).item()
+    expected = {"bradley_terry": softplus(-(r_b - r_a)), "plackett_luce": softplus(-(r_b - r_a)),
+                "pairwise_all": softplus(-(r_b - r_a)), "margin": softplus(-(r_b - r_a - 1.0)),
+                "soft_label": 0.8 * softplus(-(r_b - r_a)) + 0.2 * softplus(r_b - r_a)}[name]
+    assert value == pytest.approx(expected)
+
+
+def test_metrics_read_probability_one_way():
+    """Metrics, evaluate and score see oriented pairs: accuracy counts the preferred (first) response winning."""
+    from rlhf_rm.metrics import group_metrics
+
+    groups = [EncodedGroup([], [[1], [2]], probability=0.8, source="x"),
+              EncodedGroup([], [[1], [2]], probability=1.0, source="y")]
+    metrics = group_metrics(groups, [[1.0, 0.0], [0.0, 1.0]])
+    assert metrics["accuracy"] == 0.5
+    assert metrics["accuracy/x"] == 1.0 and metrics["accuracy/y"] == 0.0

@@ -1,40 +1,88 @@
-"""Rendering and truncation: long pairs lose the start of the prompt, never the pair or the responses."""
+"""Rendering and truncation: one rule (keep each text's last max_length tokens), the one plain HF applies."""
 
 from __future__ import annotations
 
+import pytest
+
 from rlhf_rm.batching.tokenize import ResponseEncoder
 from rlhf_rm.data import PreferencePair
+from rlhf_rm.rendering import RenderingSpec
 
 
-def test_prompt_truncated_from_left_keeps_responses(tiny_tokenizer):
-    encoder = ResponseEncoder(tiny_tokenizer, max_length=40, min_prompt_tokens=8)
+def _sequences(group):
+    return [group.prompt_ids + r for r in group.response_ids]
+
+
+def test_long_pair_keeps_each_texts_last_tokens(tiny_tokenizer):
+    """Each response keeps the last max_length tokens of its own full text: what a single-text scorer and a
+    plain `tok(text, truncation=True)` with truncation_side="left" see."""
+    encoder = ResponseEncoder(tiny_tokenizer, max_length=40)
     prompt = " ".join(f"turn{i}" for i in range(200)) + "\n\nAssistant:"
-    pair = PreferencePair(prompt, " yes I can help", " no", origin="x:1")
-    full = ResponseEncoder(tiny_tokenizer, max_length=10_000).encode_pair(pair)
+    pair = PreferencePair(prompt, " yes I can help you with that", " no", origin="x:1")
     group = encoder.encode_pair(pair)
     assert group.prompt_truncated and not group.response_truncated
-    assert group.response_ids == full.response_ids  # responses untouched
-    assert group.prompt_ids == full.prompt_ids[-len(group.prompt_ids):]  # latest prompt tokens kept
-    assert max(len(group.prompt_ids) + len(r) for r in group.response_ids) == 40
+    for sequence, response in zip(_sequences(group), (pair.chosen, pair.rejected)):
+        full = tiny_tokenizer(prompt + response)["input_ids"]
+        assert sequence == full[-40:]
+    # Responses of different lengths cut the prompt at different places: nothing of it can be shared
+    # (an exact prefix only), and each response is still whole.
+    assert group.response_ids[1][-len(tiny_tokenizer(" no")["input_ids"]):] == tiny_tokenizer(" no")["input_ids"]
 
 
-def test_overlong_responses_truncated_from_right(tiny_tokenizer):
-    encoder = ResponseEncoder(tiny_tokenizer, max_length=32, min_prompt_tokens=8)
-    pair = PreferencePair("Question:" * 20, " answer" * 100, " short", origin="x:1")
+def test_overlong_response_keeps_its_end(tiny_tokenizer):
+    encoder = ResponseEncoder(tiny_tokenizer, max_length=32)
+    pair = PreferencePair("Question:" * 20, " answer" * 100 + " the end", " short", origin="x:1")
     group = encoder.encode_pair(pair)
     assert group.prompt_truncated and group.response_truncated
-    assert len(group.prompt_ids) == 8
-    assert all(len(group.prompt_ids) + len(r) <= 32 for r in group.response_ids)
+    assert all(len(s) == 32 for s in _sequences(group)[:1])
+    end = tiny_tokenizer(" the end", add_special_tokens=False)["input_ids"]
+    assert _sequences(group)[0][-len(end):] == end  # the reward's token (the text's end) survives
 
 
-def test_short_pair_untouched_and_eos_appended(tiny_tokenizer):
+def test_short_pair_untouched_no_eos_by_default(tiny_tokenizer):
     group = ResponseEncoder(tiny_tokenizer, max_length=512).encode_pair(PreferencePair("Hi", " a", " b", "x:1"))
     assert not group.prompt_truncated and not group.response_truncated
-    assert all(r[-1] == tiny_tokenizer.eos_token_id for r in group.response_ids)
+    assert _sequences(group)[0] == tiny_tokenizer("Hi a")["input_ids"]
+    assert all(r[-1] != tiny_tokenizer.eos_token_id for r in group.response_ids)
+
+
+def test_append_eos_is_the_tokenizers_own_post_processing(tiny_tokenizer):
+    encoder = ResponseEncoder(tiny_tokenizer, max_length=16, append_eos=True)
+    group = encoder.encode_pair(PreferencePair("Hi" * 30, " a", " b", "x:1"))
+    eos = tiny_tokenizer.eos_token_id
+    assert all(s[-1] == eos and len(s) == 16 for s in _sequences(group))
+    # The encoder's copy carries the rule, the caller's tokenizer is left alone.
+    assert encoder.tokenizer("Hi")["input_ids"][-1] == eos
+    assert tiny_tokenizer("Hi")["input_ids"][-1] != eos
+
+
+def test_shared_prefix_stops_at_the_prompt(tiny_tokenizer):
+    encoder = ResponseEncoder(tiny_tokenizer, max_length=512)
+    group = encoder.encode_pair(PreferencePair("\n\nHuman: hi\n\nAssistant:", " I think yes", " I think no", "x:1"))
+    assert group.prompt_ids == tiny_tokenizer("\n\nHuman: hi\n\nAssistant:")["input_ids"]
+    assert all(s == tiny_tokenizer("\n\nHuman: hi\n\nAssistant:" + r)["input_ids"]
+               for s, r in zip(_sequences(group), (" I think yes", " I think no")))
 
 
 def test_chat_messages_rendered_with_template(tiny_tokenizer):
     encoder = ResponseEncoder(tiny_tokenizer, max_length=512)
-    prompt_text, response_text = encoder.render([{"role": "user", "content": "Hi"}], "Hello")
-    assert prompt_text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-    assert response_text == "Hello<|im_end|>\n"
+    text, prompt_chars = encoder.render([{"role": "user", "content": "Hi"}], "Hello")
+    assert text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n"
+    assert text[:prompt_chars] == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_probability_below_half_is_the_reversed_pair(tiny_tokenizer):
+    encoder = ResponseEncoder(tiny_tokenizer, max_length=512)
+    flipped = encoder.encode_pair(PreferencePair("Q", " a", " b", "x:1", probability=0.2, margin=1.5))
+    straight = encoder.encode_pair(PreferencePair("Q", " b", " a", "x:1", probability=0.8, margin=1.5))
+    assert flipped == straight
+    assert flipped.probability == pytest.approx(0.8)
+
+
+def test_spec_round_trip_and_refuses_other_truncation_rules(tiny_tokenizer):
+    spec = RenderingSpec.for_tokenizer(tiny_tokenizer, 128, append_eos=True)
+    assert RenderingSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="truncation"):
+        RenderingSpec(truncation="keep_first")
+    with pytest.raises(ValueError, match="unknown rendering keys"):
+        RenderingSpec.from_dict({**spec.to_dict(), "min_prompt_tokens": 8})

@@ -1,20 +1,26 @@
-"""Render prompts/responses to text and token ids, truncating to the max length without dropping pairs.
+"""Render prompts/responses to token ids by the checkpoint's `RenderingSpec`, never dropping a pair.
 
-Training and serving both go through `ResponseEncoder`, so a (prompt, response) scores the same in both.
+Training, evaluation and serving all encode through `ResponseEncoder`, and it encodes the way plain
+Hugging Face code does (`tok(text, truncation=True)` with the spec applied to the tokenizer), so a text
+scores the same in training, in our scorer, and in a peer that loads the checkpoint directory.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 
 from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses, Text
+from rlhf_rm.rendering import RenderingSpec, apply_to_tokenizer
 
 
 @dataclass
 class EncodedGroup:
     """A prompt and K responses to it, as token ids, with what the losses and metrics need.
 
-    A pair has K = 2, chosen first; a ranking has `ranks` (0 = best, equal = tie) in response order.
+    `prompt_ids` are the tokens every response's full sequence starts with (computed once in the
+    prefix-shared layout); response k's sequence is exactly `prompt_ids + response_ids[k]`.
+    A pair has K = 2, preferred first; a ranking has `ranks` (0 = best, equal = tie) in response order.
     """
 
     prompt_ids: list[int]
@@ -23,7 +29,7 @@ class EncodedGroup:
     response_truncated: bool = False
     kind: str = "pair"  # "pair" | "ranking"
     ranks: tuple = (0, 1)
-    probability: float = 1.0  # pairs: P(first ≻ second); 0.5 is a tie
+    probability: float = 1.0  # pairs: P(first ≻ second) >= 0.5 (readers orient pairs); 0.5 is a tie
     margin: float | None = None
     source: str = ""
 
@@ -36,47 +42,91 @@ class EncodedGroup:
         return len(self.prompt_ids) * len(self.response_ids) + sum(len(r) for r in self.response_ids)
 
 
+@dataclass
+class _Encoded:
+    ids: list[int]
+    prompt_tokens: int  # leading tokens that belong to the prompt (special tokens included)
+    prompt_truncated: bool
+    response_truncated: bool
+
+
 class ResponseEncoder:
-    def __init__(self, tokenizer, max_length: int, append_eos: bool = True, min_prompt_tokens: int = 64):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        # The scalar is read at the last token; an explicit end-of-text there marks the reply as finished.
-        self.append_eos = append_eos
-        # When responses alone overflow, keep at least this much of the prompt's end for context.
-        self.min_prompt_tokens = min(min_prompt_tokens, max_length // 4)
+    """Encode examples by a `RenderingSpec`. `ResponseEncoder(tok, max_length=512)` builds the spec."""
+
+    def __init__(self, tokenizer, max_length: int | None = None, append_eos: bool = False, *,
+                 spec: RenderingSpec | None = None):
+        if spec is None:
+            if max_length is None:
+                raise ValueError("ResponseEncoder needs a RenderingSpec or a max_length")
+            spec = RenderingSpec.for_tokenizer(tokenizer, max_length, append_eos)
+        self.spec = spec
+        # A private copy: the spec changes the tokenizer's truncation and post-processor, and the caller's
+        # tokenizer may serve encoders with other specs.
+        self.tokenizer = copy.deepcopy(tokenizer)
+        apply_to_tokenizer(self.tokenizer, spec)
+
+    @property
+    def max_length(self) -> int:
+        return self.spec.max_length
+
+    @property
+    def append_eos(self) -> bool:
+        return self.spec.append_eos
 
     # -- rendering ---------------------------------------------------------------------------
-    def render(self, prompt: Text, response: Text) -> tuple[str, str]:
-        """Return (prompt_text, response_text); chat lists go through the tokenizer's chat template."""
+    def render(self, prompt: Text, response: Text) -> tuple[str, int]:
+        """(full text, characters of it that belong to the prompt). Strings are concatenated; chat
+        message lists (on either side) become one conversation rendered by the chat template."""
         if isinstance(prompt, str) and isinstance(response, str):
-            return prompt, response
+            return prompt + response, len(prompt)
         if isinstance(response, str):
             response = [{"role": "assistant", "content": response}]
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}] if prompt else []
         template = self.tokenizer.apply_chat_template
-        prompt_text = template(prompt, tokenize=False, add_generation_prompt=True) if prompt else ""
         full_text = template(list(prompt) + list(response), tokenize=False)
-        if not full_text.startswith(prompt_text):
-            # Some templates render a generation prompt differently from a finished turn;
-            # fall back to the shared prefix so the split point is still exact.
-            prompt_text = _common_prefix(prompt_text, full_text)
-        return prompt_text, full_text[len(prompt_text):]
+        prompt_text = template(list(prompt), tokenize=False, add_generation_prompt=True) if prompt else ""
+        # Templates may render a generation prompt unlike a finished turn: the prompt is the shared part.
+        return full_text, _common_prefix_length(prompt_text, full_text)
+
+    def render_text(self, prompt: Text, response: Text) -> str:
+        """The exact string a peer should tokenize (plainly) to get this reward."""
+        return self.render(prompt, response)[0]
 
     # -- token ids ---------------------------------------------------------------------------
+    def encode_text(self, text: str, prompt_chars: int = 0) -> _Encoded:
+        """`tok(text, truncation=True)`, plus where the prompt ends and what truncation removed."""
+        tok = self.tokenizer
+        offsets_ok = getattr(tok, "is_fast", False)
+        full = tok(text, return_offsets_mapping=offsets_ok, verbose=False)  # no "longer than max" warning
+        encoded = full
+        truncated = len(full["input_ids"]) > self.spec.max_length
+        if truncated:
+            encoded = tok(text, truncation=True, max_length=self.spec.max_length, return_offsets_mapping=offsets_ok)
+        ids = list(encoded["input_ids"])
+        if not offsets_ok:
+            return _Encoded(ids, 0, truncated, False)
+        offsets = encoded["offset_mapping"]
+        prompt_tokens = 0
+        while prompt_tokens < len(ids) and offsets[prompt_tokens][1] <= prompt_chars:
+            prompt_tokens += 1
+        content_starts = [start for start, end in offsets if end > start]
+        response_cut = truncated and bool(content_starts) and content_starts[0] > prompt_chars
+        return _Encoded(ids, prompt_tokens, truncated and prompt_chars > 0, response_cut)
+
     def encode_group(self, prompt: Text, responses: list[Text]) -> EncodedGroup:
-        prompt_text = None
-        response_texts = []
-        for response in responses:
-            p_text, r_text = self.render(prompt, response)
-            prompt_text = p_text if prompt_text is None else _common_prefix(prompt_text, p_text)
-            response_texts.append(r_text)
-        prompt_ids = self.tokenizer(prompt_text, add_special_tokens=True)["input_ids"] if prompt_text else []
-        response_ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in response_texts]
-        eos = self.tokenizer.eos_token_id
-        if self.append_eos and eos is not None:
-            response_ids = [ids if ids and ids[-1] == eos else ids + [eos] for ids in response_ids]
-        return self.truncate(EncodedGroup(prompt_ids, response_ids))
+        """Each response's full sequence is encoded on its own (so it equals what a single-text scorer
+        sees); the tokens they all start with, up to the end of the prompt, become the shared prefix."""
+        encoded = [self.encode_text(*self.render(prompt, response)) for response in responses]
+        sequences = [e.ids for e in encoded]
+        shared = _common_prefix_length(*sequences) if len(sequences) > 1 else len(sequences[0])
+        # The prefix stops at the prompt's end (length reports count response tokens), and each response
+        # keeps at least its last token: that is where its reward is read.
+        shared = min(shared, min(e.prompt_tokens for e in encoded), min(len(s) for s in sequences) - 1)
+        shared = max(shared, 0)
+        return EncodedGroup(list(sequences[0][:shared]), [list(s[shared:]) for s in sequences],
+                            prompt_truncated=any(e.prompt_truncated for e in encoded),
+                            response_truncated=any(e.response_truncated for e in encoded))
 
     def encode_pair(self, pair: PreferencePair) -> EncodedGroup:
         return self.encode_example(pair)
@@ -85,27 +135,17 @@ class ResponseEncoder:
         if isinstance(example, RankedResponses):
             group = self.encode_group(example.prompt, example.responses)
             return replace(group, kind="ranking", ranks=tuple(example.ranks), source=source)
+        example = example.oriented()  # the preferred response first, whoever built the pair
         group = self.encode_group(example.prompt, [example.chosen, example.rejected])
         return replace(group, probability=example.probability, margin=example.margin, source=source)
 
-    def truncate(self, group: EncodedGroup) -> EncodedGroup:
-        """Fit every prompt+response into max_length: cut the prompt from the left (keeping its
-        latest turns); only if the responses alone do not fit, cut them from the right too."""
-        limit = self.max_length
-        longest = max(len(r) for r in group.response_ids)
-        if len(group.prompt_ids) + longest <= limit:
-            return group
-        keep_prompt = max(limit - longest, min(self.min_prompt_tokens, len(group.prompt_ids)))
-        prompt_ids = group.prompt_ids[len(group.prompt_ids) - keep_prompt:]
-        response_limit = limit - keep_prompt
-        response_truncated = longest > response_limit
-        response_ids = [r[:response_limit] for r in group.response_ids]
-        return replace(group, prompt_ids=prompt_ids, response_ids=response_ids,
-                       prompt_truncated=keep_prompt < len(group.prompt_ids), response_truncated=response_truncated)
 
-
-def _common_prefix(a: str, b: str) -> str:
+def _common_prefix_length(*sequences) -> int:
+    """Length of the longest common prefix of strings or lists."""
+    if not sequences:
+        return 0
     n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
+    shortest = min(len(s) for s in sequences)
+    while n < shortest and all(s[n] == sequences[0][n] for s in sequences[1:]):
         n += 1
-    return a[:n]
+    return n

@@ -13,7 +13,8 @@ Text = Union[str, list]
 class PreferencePair:
     """One human judgement: `chosen` was preferred over `rejected` as a reply to `prompt`.
 
-    probability: P(chosen ≻ rejected) for soft labels (0.5 = a tie); 1.0 for a plain preference.
+    probability: P(chosen ≻ rejected) for soft labels (0.5 = a tie); 1.0 for a plain preference. Readers
+        return pairs `oriented()` (p >= 0.5), so "chosen" is always the preferred side.
     margin: how much better chosen is (e.g. a grade difference), for margin losses; None if unknown.
     """
 
@@ -23,6 +24,15 @@ class PreferencePair:
     origin: str  # "file:line" of the row it came from, for error messages and reports
     probability: float = 1.0
     margin: float | None = None
+
+    def oriented(self) -> "PreferencePair":
+        """The same judgement with the preferred response first: P(first ≻ second) < 0.5 means the second
+        is preferred, so the pair is swapped and p becomes 1 − p. Every reader and encoder orients pairs,
+        so losses, metrics, `evaluate` and `score` read `probability` one way only (0.5 stays a tie)."""
+        if self.probability >= 0.5:
+            return self
+        return PreferencePair(prompt=self.prompt, chosen=self.rejected, rejected=self.chosen, origin=self.origin,
+                              probability=1.0 - self.probability, margin=self.margin)
 
 
 @dataclass(frozen=True)

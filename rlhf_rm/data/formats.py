@@ -106,7 +106,7 @@ def parse_pair(row: Any, origin: str, prompt_separator: str = "\n\nAssistant:") 
                                or not math.isfinite(margin)):
         raise RowError(f"'margin' must be a finite number, got {margin!r}", "wrong type")
     return PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, origin=origin,
-                          probability=float(probability), margin=None if margin is None else float(margin))
+                          probability=float(probability), margin=None if margin is None else float(margin)).oriented()
 
 
 def split_shared_prompt(chosen: str, rejected: str, separator: str) -> tuple[str, str, str]:

@@ -3,7 +3,9 @@
   pairwise_all   InstructGPT: every pair (i, j) with rank_i < rank_j contributes −log σ(r_i − r_j);
                  averaged within each prompt first so a prompt with K = 9 weighs as much as one with K = 2.
   plackett_luce  −log P(ranking) = Σ_i [logsumexp(r_i..r_K) − r_i] over positions in rank order;
-                 for K = 2 it equals Bradley-Terry. Tied responses keep their input order.
+                 for K = 2 it equals Bradley-Terry. Ties (equal ranks) form one block picked together
+                 (Breslow): each member's term uses the same set {j : rank_j >= rank_i}, and the last
+                 block adds nothing, so the order of tied items in the list never matters.
 """
 
 import torch
@@ -34,18 +36,16 @@ class PlackettLuceLoss(RankingLoss):
     consumes = frozenset({"pair", "ranking"})
 
     def __call__(self, inputs: LossInputs) -> torch.Tensor:
-        ranks = torch.where(inputs.mask, inputs.ranks, torch.full_like(inputs.ranks, float("inf")))
-        # Stable sort: tied responses keep their input order.
-        order = torch.sort(ranks, dim=1, stable=True).indices
-        r = inputs.rewards.gather(1, order)
-        mask = inputs.mask.gather(1, order)
-        # A very negative finite fill, not -inf: logcumsumexp's backward turns -inf into NaN.
-        masked = r.masked_fill(~mask, torch.finfo(r.dtype).min / 4)
-        # logsumexp over the suffix i..K of each row = the normaliser at each choice step.
-        suffix_lse = torch.logcumsumexp(masked.flip(1), dim=1).flip(1)
-        steps = mask.clone()
-        steps[torch.arange(len(mask)), mask.sum(1) - 1] = False  # the last pick is certain
-        per_step = torch.where(steps, suffix_lse - r, torch.zeros_like(r))
-        # A pair labelled a tie has no order to learn from.
-        usable = ~(inputs.is_pair & (inputs.probability == 0.5))
-        return mean_or_zero(per_step.sum(1)[usable], inputs.rewards)
+        r, ranks, mask = inputs.rewards, inputs.ranks, inputs.mask
+        # risk[g, i, j]: j is still unchosen when i's rank level is picked (rank_j >= rank_i). Tied items
+        # share one risk set (Breslow), so list order never decides between them.
+        risk = (ranks.unsqueeze(1) >= ranks.unsqueeze(2)) & mask.unsqueeze(1) & mask.unsqueeze(2)
+        # A very negative finite fill, not -inf: logsumexp's backward turns an all -inf row into NaN.
+        fill = torch.finfo(r.dtype).min / 4
+        lse = torch.logsumexp(r.unsqueeze(1).expand_as(risk).masked_fill(~risk, fill), dim=2)  # [G, K]
+        # The last rank level is certain once the others are placed: its members carry no order (and a
+        # pair labelled a tie, one level only, has nothing to learn from).
+        worst = ranks.masked_fill(~mask, float("-inf")).max(dim=1, keepdim=True).values
+        steps = mask & (ranks < worst)
+        per_group = torch.where(steps, lse - r, torch.zeros_like(r)).sum(1)
+        return mean_or_zero(per_group[steps.any(1)], inputs.rewards)

@@ -32,7 +32,7 @@ def build_app(config: ServeConfig):
     )
     return deployment.bind(max_texts_per_request=config.max_texts_per_request, max_body_bytes=config.max_body_bytes,
                            token_sha256=_token_sha256(config.token_env), torch_threads=config.torch_threads,
-                           device=config.device)
+                           device=config.device, dtype=config.dtype)
 
 
 def start(config: ServeConfig):

@@ -15,7 +15,6 @@ class LiveSettings:
 
     checkpoint: str | None = None  # directory written by training (HF files + rlhf_rm.json)
     normalize: bool = False  # default for requests that do not choose: (score - mean) / std from the checkpoint
-    max_length: int | None = None  # None: the checkpoint's training max_length
     max_batch_size: int = 256  # texts per batched call
     batch_wait_timeout_s: float = 0.0    # wait of a batch's first text for company (a busy replica batches anyway)
     tokens_per_forward: int = 16384  # padded tokens per model forward inside a batch
@@ -50,6 +49,7 @@ class ServeConfig:
     max_ongoing_requests: int = 512
     max_surge_percent: int = 100
     device: str = "cpu"
+    dtype: str = "float32"  # float32 | bfloat16 | float16; the parity certificate's tolerance follows it
     max_texts_per_request: int = 4096
     max_body_bytes: int = 8 * 1024 * 1024
     token_env: str | None = "RLHF_RM_SERVE_TOKEN"

@@ -18,6 +18,7 @@ to call from two threads at once, only ever runs on that one thread.
 # No `from __future__ import annotations`: FastAPI must see the body models as real classes
 # through Serve's ingress wrapper, not as strings.
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -142,12 +143,14 @@ def _score_items(items: list[tuple[RewardScorer, object, object]]) -> list[tuple
 @serve.ingress(http_app)
 class ScoringDeployment:
     def __init__(self, max_texts_per_request: int = 4096, max_body_bytes: int = 8 * 1024 * 1024,
-                 token_sha256: str | None = None, torch_threads: int = 1, device: str = "cpu"):
+                 token_sha256: str | None = None, torch_threads: int = 1, device: str = "cpu",
+                 dtype: str = "float32"):
         import torch
 
         torch.set_num_threads(torch_threads)
         self.max_texts = max_texts_per_request
-        self.device = device
+        self.device, self.dtype = device, dtype
+        self.refused_reload: str | None = None  # why the last hot reload was refused (certificate), for /info
         http_app.state.max_body_bytes = max_body_bytes
         http_app.state.token_sha256 = token_sha256
         self.scorer: RewardScorer | None = None
@@ -161,12 +164,22 @@ class ScoringDeployment:
         old one, then swap. Requests already received finish on the model that was live when they arrived."""
         settings = LiveSettings.from_dict(user_config)
         old = self.settings
-        if old is None or (settings.checkpoint, settings.max_length) != (old.checkpoint, old.max_length):
+        if old is None or settings.checkpoint != old.checkpoint:
             loop = asyncio.get_running_loop()
-            self.scorer = await loop.run_in_executor(
-                None, lambda: RewardScorer(settings.checkpoint, max_length=settings.max_length,
-                                           tokens_per_batch=settings.tokens_per_forward, device=self.device))
-            logger.info("serving checkpoint %s", settings.checkpoint)
+            try:
+                # Loading re-scores the checkpoint's parity canaries (certificate.py) and raises on a mismatch.
+                scorer = await loop.run_in_executor(
+                    None, lambda: RewardScorer(settings.checkpoint, tokens_per_batch=settings.tokens_per_forward,
+                                               device=self.device, dtype=self.dtype))
+            except Exception as error:  # noqa: BLE001 - a refused reload keeps the model that works
+                if self.scorer is None:
+                    raise  # nothing to fall back on: the replica must not start
+                self.refused_reload = f"{settings.checkpoint}: {type(error).__name__}: {error}"
+                logger.error("hot reload refused, still serving %s: %s", self.scorer.checkpoint, self.refused_reload)
+                settings = dataclasses.replace(settings, checkpoint=old.checkpoint)
+            else:
+                self.scorer, self.refused_reload = scorer, None
+                logger.info("serving checkpoint %s", settings.checkpoint)
         self.scorer.tokens_per_batch = settings.tokens_per_forward
         self._forward_queue.max_texts = settings.max_batch_size
         self._forward_batch.set_max_batch_size(settings.max_batch_size)
@@ -206,7 +219,11 @@ class ScoringDeployment:
         metadata = self.scorer.metadata
         return {"model": metadata.get("base_model") or self.scorer.checkpoint,
                 "checkpoint": self.scorer.checkpoint,
-                "max_length": self.scorer.encoder.max_length,
+                "max_length": self.scorer.spec.max_length,
+                "rendering": self.scorer.spec.to_dict(),
+                "certified": self.scorer.certified,
+                "dtype": self.dtype,
+                "refused_reload": self.refused_reload,
                 "normalization": {"default": self.settings.normalize, "reward_mean": metadata.get("reward_mean"),
                                   "reward_std": metadata.get("reward_std")},
                 "live_settings": asdict(self.settings),
