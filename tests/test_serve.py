@@ -412,6 +412,39 @@ def test_hot_reload_under_load_loses_no_request(pool, direct, texts):
                       want_b)
 
 
+def test_hot_reload_failing_its_certificate_is_refused_without_a_failed_request(pool, direct, texts, tmp_path):
+    """A checkpoint whose canaries no longer score as certified (here: its head weights changed after saving)
+    is refused by every replica; the pool keeps serving the model it had, and no request fails."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from rlhf_rm.serve.app import reload_checkpoint
+
+    with pool.http() as http:
+        current = http.get("/info").json()["checkpoint"]
+    scorer = direct[0] if current == pool.checkpoint_a else direct[1]
+    want = expected(scorer, texts[0][:4], texts[1][:4])
+    tampered = tmp_path / "tampered"
+    shutil.copytree(current, tampered)
+    weights = load_file(tampered / "model.safetensors")
+    weights["score.weight"] = weights["score.weight"] * 1.5
+    save_file(weights, tampered / "model.safetensors", metadata={"format": "pt"})
+    with Load(pool, texts) as load:
+        load.wait_for(6)
+        reload_checkpoint(pool.config, str(tampered))
+        load.wait_for(10)
+    assert load.errors == []
+    for scores in load.results:
+        assert_scores(scores, want)
+    with pool.http() as http:
+        for _ in range(4):
+            info = http.get("/info").json()
+            assert info["checkpoint"] == current and info["certified"]
+            assert str(tampered) in info["refused_reload"] and "parity certificate" in info["refused_reload"]
+    reload_checkpoint(pool.config, current)  # leave the pool's settings as they were
+
+
 # -- ensembles ---------------------------------------------------------------------------------------
 def test_ensemble_mean_and_spread_through_the_client(pool, texts, tmp_path, tiny_backbone, tiny_tokenizer):
     """A K-head checkpoint is served as the heads' mean with their std as spread, over handle and HTTP."""

@@ -43,7 +43,23 @@ def start(config: ServeConfig):
     if not ray.is_initialized():
         ray.init(address=config.ray_address, include_dashboard=False)
     serve.start(http_options={"host": config.host, "port": config.port})
+    serving = _serving_checkpoint(config.app_name)
+    if serving and serving != config.live.checkpoint and not config.live.fallback_checkpoint:
+        # A reload: replicas that refuse the new checkpoint (parity certificate) keep serving this one.
+        config = dataclasses.replace(config, live=dataclasses.replace(config.live, fallback_checkpoint=serving))
     return serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix)
+
+
+def _serving_checkpoint(app_name: str) -> str | None:
+    """The checkpoint a running app of this name serves now, None when there is none."""
+    from ray import serve
+
+    if app_name not in serve.status().applications:
+        return None
+    try:
+        return serve.get_app_handle(app_name).info.remote().result(timeout_s=60)["checkpoint"]
+    except Exception:  # noqa: BLE001 - an app that cannot answer has nothing to fall back on
+        return None
 
 
 def reload_checkpoint(config: ServeConfig, checkpoint: str, **live_changes):

@@ -14,6 +14,9 @@ class LiveSettings:
     """Sent to replicas as Serve `user_config`; `reconfigure` applies a change without a restart."""
 
     checkpoint: str | None = None  # directory written by training (HF files + rlhf_rm.json)
+    # Served instead when `checkpoint` fails its parity certificate (app.start sets it to the checkpoint the
+    # running pool serves, so a refused hot reload keeps answering with the old model).
+    fallback_checkpoint: str | None = None
     normalize: bool = False  # default for requests that do not choose: (score - mean) / std from the checkpoint
     max_batch_size: int = 256  # texts per batched call
     batch_wait_timeout_s: float = 0.0    # wait of a batch's first text for company (a busy replica batches anyway)

@@ -165,26 +165,38 @@ class ScoringDeployment:
         settings = LiveSettings.from_dict(user_config)
         old = self.settings
         if old is None or settings.checkpoint != old.checkpoint:
-            loop = asyncio.get_running_loop()
-            try:
-                # Loading re-scores the checkpoint's parity canaries (certificate.py) and raises on a mismatch.
-                scorer = await loop.run_in_executor(
-                    None, lambda: RewardScorer(settings.checkpoint, tokens_per_batch=settings.tokens_per_forward,
-                                               device=self.device, dtype=self.dtype))
-            except Exception as error:  # noqa: BLE001 - a refused reload keeps the model that works
-                if self.scorer is None:
-                    raise  # nothing to fall back on: the replica must not start
-                self.refused_reload = f"{settings.checkpoint}: {type(error).__name__}: {error}"
-                logger.error("hot reload refused, still serving %s: %s", self.scorer.checkpoint, self.refused_reload)
-                settings = dataclasses.replace(settings, checkpoint=old.checkpoint)
-            else:
-                self.scorer, self.refused_reload = scorer, None
-                logger.info("serving checkpoint %s", settings.checkpoint)
+            settings = await self._load_checkpoint(settings)
         self.scorer.tokens_per_batch = settings.tokens_per_forward
         self._forward_queue.max_texts = settings.max_batch_size
         self._forward_batch.set_max_batch_size(settings.max_batch_size)
         self._forward_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         self.settings = settings
+
+    async def _load_checkpoint(self, settings: LiveSettings) -> LiveSettings:
+        """Load `settings.checkpoint` (the load re-scores its parity canaries and raises on a mismatch).
+        A checkpoint that fails is refused: the replica keeps the model it serves, or — a replica started
+        by the reload itself — loads the pool's previous checkpoint (`fallback_checkpoint`, set by
+        `app.start`), so a bad reload never fails a request."""
+        loop = asyncio.get_running_loop()
+
+        def load(checkpoint: str) -> RewardScorer:
+            return RewardScorer(checkpoint, tokens_per_batch=settings.tokens_per_forward, device=self.device,
+                                dtype=self.dtype)
+
+        try:
+            self.scorer = await loop.run_in_executor(None, load, settings.checkpoint)
+            self.refused_reload = None
+            logger.info("serving checkpoint %s", settings.checkpoint)
+            return settings
+        except Exception as error:  # noqa: BLE001 - a refused reload keeps the model that works
+            fallback = self.settings.checkpoint if self.scorer is not None else settings.fallback_checkpoint
+            if not fallback or fallback == settings.checkpoint:
+                raise  # nothing to fall back on: this replica must not start
+            self.refused_reload = f"{settings.checkpoint}: {type(error).__name__}: {error}"
+            logger.error("reload refused, serving %s instead: %s", fallback, self.refused_reload)
+        if self.scorer is None:
+            self.scorer = await loop.run_in_executor(None, load, fallback)
+        return dataclasses.replace(settings, checkpoint=fallback)
 
     # -- scoring (handle API) -------------------------------------------------------------------
     # Many batches may be open at once: they wait in _ForwardQueue, which merges them. (Serve warns when
