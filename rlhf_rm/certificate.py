@@ -21,10 +21,11 @@ from pathlib import Path
 from rlhf_rm.rendering import RenderingSpec, template_digest
 
 CERTIFICATE_FILE = "parity_certificate.json"
-# Largest |score now − score at save| accepted, by the dtype the checkpoint is loaded in. fp32 is exact up to
-# kernel order; bf16/fp16 values are measured (docs/rendering.md: tiny Llama and the SmolLM2 main-job
-# checkpoint on CPU, largest canary difference × ~3 for other hardware).
-TOLERANCE = {"float32": 1e-4, "bfloat16": 0.25, "float16": 0.05}
+# Accepted |score now − score at save| = atol + rtol·|score at save|, by the dtype the checkpoint is loaded in.
+# fp32 differs only by kernel order; the bf16/fp16 bounds are measured (docs/rendering.md: SmolLM2-135M on
+# CPU, largest canary drift 0.046 in bf16 and 0.0052 in fp16 at |scores| ≤ 2.6), with headroom for other
+# hardware and larger rewards.
+TOLERANCE = {"float32": (1e-4, 0.0), "bfloat16": (0.1, 0.05), "float16": (0.02, 0.01)}
 logger = logging.getLogger(__name__)
 
 
@@ -118,12 +119,12 @@ def verify_certificate(scorer) -> bool:
             problems.append(f"canary {item['name']!r} renders to other tokens: "
                             f"{_token_difference(item['input_ids'], _sequence(group))}")
     if not problems:
-        tolerance = TOLERANCE[scorer.dtype]
+        atol, rtol = TOLERANCE[scorer.dtype]
         for item, score in zip(stored, scorer.score_encoded(encoded)):
-            moved = abs(score - item["score"])
-            if not math.isfinite(score) or moved > tolerance:
+            moved, allowed = abs(score - item["score"]), atol + rtol * abs(item["score"])
+            if not math.isfinite(score) or moved > allowed:
                 problems.append(f"canary {item['name']!r} scores {score:.6f}, saved {item['score']:.6f} "
-                                f"(|Δ| {moved:.2e} > {tolerance:g} for {scorer.dtype}; saved in {certificate['dtype']}): "
+                                f"(|Δ| {moved:.2e} > {allowed:.2e} for {scorer.dtype}; saved in {certificate['dtype']}): "
                                 f"same tokens, so the weights, the dtype or the kernels differ")
     if problems:
         raise CertificateError(f"checkpoint {scorer.checkpoint} fails its parity certificate:\n  - "
