@@ -58,9 +58,7 @@ def encoder_fingerprint(encoder) -> dict:
         "vocab_sha256": hashlib.sha256(vocab.encode("utf-8")).hexdigest(),
         "chat_template": getattr(tokenizer, "chat_template", None),
         "special_tokens": {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id},
-        "max_length": encoder.max_length,
-        "append_eos": encoder.append_eos,
-        "min_prompt_tokens": encoder.min_prompt_tokens,
+        "rendering": encoder.spec.to_dict(),
     }
 
 
