@@ -189,3 +189,20 @@ def test_missing_certificate_is_loaded_uncertified_with_a_warning(tampered, capl
     with caplog.at_level("WARNING"):
         scorer = RewardScorer(str(tampered))
     assert not scorer.certified and "not certified" in caplog.text
+
+
+def test_a_truncated_pair_scores_the_same_in_training_and_in_the_scorer(checkpoint):
+    """Training's prefix-shared batch of a pair cut by max_length gives each response the reward the scorer
+    (and plain HF) gives that text alone: one truncation rule, per text."""
+    scorer = RewardScorer(checkpoint)
+    prompt = HH.format("tell me a long story about rivers and mountains " * 20)
+    responses = [" Short.", " A much longer answer that goes on and on about the rivers " * 3]
+    group = scorer.encoder.encode_pair(PreferencePair(prompt, responses[0], responses[1], "t:1"))
+    assert group.prompt_truncated
+    with torch.no_grad():
+        batch = collate([group], scorer.tokenizer.pad_token_id, "prefix_shared")
+        training = scorer.model(**batch.model_inputs())
+    alone = torch.tensor([s.score for s in scorer.score([prompt, prompt], responses)])
+    torch.testing.assert_close(training, alone, atol=1e-5, rtol=0)
+    texts = [scorer.encoder.render_text(prompt, r) for r in responses]
+    torch.testing.assert_close(torch.tensor(_plain_scores(checkpoint, texts)), alone, atol=1e-5, rtol=0)
