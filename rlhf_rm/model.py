@@ -123,7 +123,8 @@ def save_checkpoint(model: RewardModel, tokenizer, directory: str | Path, metada
     """Write a directory that plain `AutoModelForSequenceClassification.from_pretrained` + `AutoTokenizer`
     load and score exactly as training did: the tokenizer is saved with the rendering applied (left
     truncation at max_length, EOS post-processor when the spec appends one), the spec goes into
-    rlhf_rm.json, and a parity certificate of canary scores is written (certificate.py)."""
+    rlhf_rm.json, a parity certificate of canary scores is written (certificate.py), and a model card
+    (README.md) generated from rlhf_rm.json."""
     import copy
 
     from rlhf_rm.rendering import RenderingSpec, apply_to_tokenizer
@@ -147,10 +148,14 @@ def save_checkpoint(model: RewardModel, tokenizer, directory: str | Path, metada
     apply_to_tokenizer(saved_tokenizer, spec)
     saved_tokenizer.save_pretrained(directory)
     (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
+    certificate = None
     if certify:
         from rlhf_rm.certificate import issue_certificate
 
-        issue_certificate(directory)
+        certificate = issue_certificate(directory)
+    from rlhf_rm.model_card import CARD_FILE, render_model_card
+
+    (directory / CARD_FILE).write_text(render_model_card(metadata, certificate))
     return directory
 
 

@@ -206,3 +206,28 @@ def test_a_truncated_pair_scores_the_same_in_training_and_in_the_scorer(checkpoi
     torch.testing.assert_close(training, alone, atol=1e-5, rtol=0)
     texts = [scorer.encoder.render_text(prompt, r) for r in responses]
     torch.testing.assert_close(torch.tensor(_plain_scores(checkpoint, texts)), alone, atol=1e-5, rtol=0)
+
+
+def test_model_card_figures_come_from_rlhf_rm_json(tmp_path, tiny_model, tiny_tokenizer):
+    from rlhf_rm.model_card import fmt
+
+    metadata = {"base_model": "tiny-llama", "loss": {"name": "bradley_terry"},
+                "data": {"train": "train.jsonl", "dev": "dev.jsonl"},
+                "data_summary": {"train": {"rows_read": 40, "used": 38, "examples": 38, "quarantined": 1,
+                                           "deduplicated": 1, "prompt_truncated": 3, "response_truncated": 0},
+                                 "dev": {"rows_read": 16, "used": 16, "examples": 16, "quarantined": 0,
+                                         "deduplicated": 0, "prompt_truncated": 0, "response_truncated": 0}},
+                "dev_metrics": {"accuracy": 0.6875, "ece": 0.0412, "length_reward_correlation": -0.47,
+                                "accuracy_chosen_shorter": 0.8, "accuracy_chosen_longer": 0.45, "reward_mean": 0.12},
+                "steps": 7, "final": True, "max_length": 128}
+    directory = save_checkpoint(tiny_model, tiny_tokenizer, tmp_path / "ckpt", metadata)
+    card = (directory / "README.md").read_text()
+    stored = json.loads((directory / "rlhf_rm.json").read_text())
+    for key, value in stored["dev_metrics"].items():
+        assert f"| {fmt(value)} |" in card, key
+    for split, counts in stored["data_summary"].items():
+        for key in ("rows_read", "used", "quarantined", "prompt_truncated"):
+            assert f"| {key} |" in card
+    assert "| rows_read | 40 | 16 |" in card and "| max_length | 128 |" in card
+    assert "Split: `\"dev.jsonl\"`" in card and "prefer shorter replies" in card
+    assert "tok(prompt + response, truncation=True" in card and "parity_certificate.json" in card
