@@ -71,28 +71,51 @@ class RewardScorer:
         An ensemble's score is the mean of its heads."""
         return self.score_encoded_with_spread(encoded)[0]
 
-    @torch.no_grad()
     def score_encoded_with_spread(self, encoded: list[EncodedGroup]) -> tuple[list[float], list[float] | None]:
-        """(scores, spreads): spreads are the std across ensemble heads, None for a single head."""
-        order = sorted(range(len(encoded)), key=lambda i: encoded[i].shared_length())
-        scores = [0.0] * len(encoded)
-        spreads = [0.0] * len(encoded) if self.ensemble_size > 1 else None
+        """(scores, spreads) of single-response groups: spreads are the std across ensemble heads, None for
+        a single head."""
+        scores, spreads = self.score_groups_with_spread(encoded)
+        return [s[0] for s in scores], None if spreads is None else [s[0] for s in spreads]
+
+    @torch.no_grad()
+    def score_groups_with_spread(self, groups: list[EncodedGroup]) -> tuple[list[list[float]], list | None]:
+        """Rewards of every response of every group. A group of n responses to one prompt is one row of the
+        prefix-shared layout (the prompt computed once, exact: each response sees what it would alone);
+        single texts go in padded rows. Batches are cut by `tokens_per_batch` from similar lengths."""
+        scores: list = [None] * len(groups)
+        spreads: list | None = [None] * len(groups) if self.ensemble_size > 1 else None
+        singles = [i for i, g in enumerate(groups) if len(g.response_ids) == 1]
+        shared = [i for i, g in enumerate(groups) if len(g.response_ids) > 1]
+        for indices, layout in ((singles, "separate"), (shared, "prefix_shared")):
+            for chunk in self._chunks(indices, groups):
+                batch = collate([groups[i] for i in chunk], self.tokenizer.pad_token_id, layout=layout)
+                heads = self.model(**{k: v.to(self.device) for k, v in batch.model_inputs().items()}).float().cpu()
+                if heads.ndim == 2:  # an ensemble: the reward is the heads' mean, their spread its uncertainty
+                    spread, mask = batch.per_group(heads.std(dim=1, unbiased=False))
+                    for row, index in enumerate(chunk):
+                        spreads[index] = spread[row][mask[row]].tolist()
+                    heads = heads.mean(dim=1)
+                matrix, mask = batch.per_group(heads)
+                for row, index in enumerate(chunk):
+                    scores[index] = matrix[row][mask[row]].tolist()
+        return scores, spreads
+
+    def _chunks(self, indices: list[int], groups: list[EncodedGroup]):
+        order = sorted(indices, key=lambda i: groups[i].shared_length())
         start = 0
         while start < len(order):
             end = start + 1
-            while end < len(order) and (end - start + 1) * encoded[order[end]].shared_length() <= self.tokens_per_batch:
+            while end < len(order) and (end - start + 1) * groups[order[end]].shared_length() <= self.tokens_per_batch:
                 end += 1
-            chunk = order[start:end]
-            batch = collate([encoded[i] for i in chunk], self.tokenizer.pad_token_id, layout="separate")
-            rewards = self.model(**{k: v.to(self.device) for k, v in batch.model_inputs().items()}).float().cpu()
-            if rewards.ndim == 2:
-                for index, value in zip(chunk, rewards.std(dim=1, unbiased=False).tolist()):
-                    spreads[index] = value
-                rewards = rewards.mean(dim=1)
-            for index, value in zip(chunk, rewards.tolist()):
-                scores[index] = value
+            yield order[start:end]
             start = end
-        return scores, spreads
+
+    def score_group(self, prompt: Text, responses: list[Text]) -> list[ScoredText]:
+        """n responses to one prompt in one prefix-shared forward; equal to scoring each text alone."""
+        group = self.encoder.encode_group(prompt, list(responses))
+        scores, spreads = self.score_groups_with_spread([group])
+        truncated = group.prompt_truncated or group.response_truncated
+        return [ScoredText(v, truncated, None if spreads is None else spreads[0][i]) for i, v in enumerate(scores[0])]
 
     def score(self, prompts: list[Text], responses: list[Text]) -> list[ScoredText]:
         if len(prompts) != len(responses):

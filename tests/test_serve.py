@@ -219,6 +219,64 @@ def test_http_routes_openrlhf_vllm_ours(pool, direct, texts):
         assert_scores(normalized["scores"], [(s - 0.1) / 2.0 for s in raw["scores"]])
 
 
+def test_sglang_classify_and_embeddings_dialects(pool, direct, texts):
+    """The exact shapes SGLang's /classify (veRL's SGLang backend, Skywork-Reward-V2's recipe) and an OpenAI
+    /v1/embeddings client (veRL reads data[i].embedding[-1]) send and read."""
+    prompts, responses = texts
+    full = [p + r for p, r in zip(prompts, responses)]
+    want = expected(direct[0], full[:3], [""] * 3)
+    with pool.http() as http:
+        sglang = http.post("/classify", json={"model": "rm", "text": full[:3]})
+        assert sglang.status_code == 200
+        body = sglang.json()
+        assert isinstance(body, list) and len(body) == 3
+        assert_scores([item["embedding"][0] for item in body], want)  # Skywork's reader: r["embedding"][0]
+        one = http.post("/classify", json={"model": "rm", "text": full[0]}).json()
+        assert_scores([one[0]["embedding"][0]], want[:1])
+        both = http.post("/classify", json={"input": full[:1], "text": full[:1]})
+        assert both.status_code == 400 and "exactly one" in both.json()["detail"]
+
+        embeddings = http.post("/v1/embeddings", json={"model": "rm", "input": full[:3]}).json()
+        assert embeddings["object"] == "list" and embeddings["model"] == "rm"
+        assert [d["object"] for d in embeddings["data"]] == ["embedding"] * 3
+        assert [d["index"] for d in embeddings["data"]] == [0, 1, 2]
+        assert_scores([d["embedding"][-1] for d in embeddings["data"]], want)  # veRL's reader
+        single = http.post("/v1/embeddings", json={"input": full[0], "encoding_format": "float"}).json()
+        assert_scores([single["data"][0]["embedding"][-1]], want[:1])
+        assert http.post("/v1/embeddings", json={"input": full[0], "encoding_format": "base64"}).status_code == 400
+
+
+def test_score_group_equals_each_text_alone_with_advantages(pool, direct, texts):
+    """A GRPO-style group: one prompt, n responses, one prefix-shared forward; each reward equals the
+    full text scored alone (fp32, 1e-5); GRPO and RLOO advantages computed from them."""
+    from rlhf_rm.serve import RewardClient
+
+    prompt = texts[0][0]
+    responses = [texts[1][i] for i in range(6)]
+    want = expected(direct[0], [prompt] * 6, responses)
+    mean = sum(want) / 6
+    std = (sum((w - mean) ** 2 for w in want) / 6) ** 0.5
+    chat_prompt = [{"role": "user", "content": "Name a colour."}]
+    chat_replies = [[{"role": "assistant", "content": c}] for c in ("Blue.", "Red, I think.", "Green!")]
+    with pool.http() as http:
+        reply = http.post("/score_group", json={"prompt": prompt, "responses": responses, "advantages": "grpo"}).json()
+        assert_scores(reply["scores"], want)
+        assert_scores(reply["advantages"], [(w - mean) / (std + 1e-6) for w in want])
+        rloo = http.post("/score_group", json={"prompt": prompt, "responses": responses, "advantages": "rloo"}).json()
+        assert_scores(rloo["advantages"], [w - (sum(want) - w) / 5 for w in want])
+        chat = http.post("/score_group", json={"prompt": chat_prompt, "responses": chat_replies}).json()
+        assert_scores(chat["scores"], expected(direct[0], [chat_prompt] * 3, chat_replies))
+        assert http.post("/score_group", json={"prompt": prompt, "responses": responses[:2],
+                                               "advantages": "ppo"}).status_code == 400
+    for client in (RewardClient(APP), RewardClient(url=pool.url, token_env=TOKEN_ENV)):
+        result = client.score_group(prompt, responses, advantages="grpo")
+        assert_scores(result["scores"], want)
+    # The bare scorer shares the prompt too: fewer tokens than n separate texts, same rewards.
+    group = direct[0].encoder.encode_group(prompt, responses)
+    assert group.shared_length() < group.separate_length()
+    assert_scores([s.score for s in direct[0].score_group(prompt, responses)], want)
+
+
 def test_bearer_token_required_except_health(pool):
     assert pool.http(token=None).get("/health").status_code == 200
     for token in (None, "wrong"):

@@ -54,6 +54,24 @@ class RewardClient:
             return scores, None
         return scores, [s for result in results for s in result["spreads"]]
 
+    def score_group(self, prompt, responses: list, advantages: str | None = None) -> dict:
+        """Score n responses to one prompt in one prefix-shared forward (GRPO/RLOO groups). Returns
+        {"scores", "advantages" (None unless "grpo" or "rloo" is asked), "spreads", "truncated", ...}."""
+        if self.url:
+            import httpx
+
+            def call():
+                if self._http is None:
+                    self._http = httpx.Client(timeout=self.timeout_s)
+                body = {"prompt": prompt, "responses": list(responses), "normalize": self.normalize,
+                        "advantages": advantages}
+                return _result_from(self._http.post(f"{self.url}/score_group", json=body, headers=self._headers()))
+        else:
+            def call():
+                return self._get_handle().score_group.remote(prompt, list(responses), self.normalize,
+                                                             advantages).result(timeout_s=self.timeout_s)
+        return self._retry_sync(call)
+
     async def ascore(self, prompts: list, responses: list) -> list[float]:
         chunks = self._chunks(prompts, responses)
         results = await asyncio.gather(*(self._retry_async(p, r) for p, r in chunks))

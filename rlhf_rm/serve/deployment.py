@@ -32,8 +32,10 @@ from ray import serve
 
 from rlhf_rm.scoring import RewardScorer
 from rlhf_rm.serve.config import LiveSettings
-from rlhf_rm.serve.protocol import (BadRequest, ClassifyRequest, GetRewardRequest, ScoreRequest, check_pairs,
-                                    classify_response, plain, split_queries)
+from rlhf_rm.serve.protocol import (BadRequest, ClassifyRequest, EmbeddingsRequest, GetRewardRequest,
+                                    ScoreGroupRequest, ScoreRequest, check_pairs, classify_response,
+                                    embeddings_response, group_advantages, plain, sglang_classify_response,
+                                    split_queries)
 
 logger = logging.getLogger("ray.serve")
 http_app = FastAPI(title="rlhf_rm reward pool", docs_url=None, redoc_url=None)
@@ -116,11 +118,12 @@ class _ForwardQueue:
                 start += len(items)
 
 
-def _score_items(items: list[tuple[RewardScorer, object, object]]) -> list[tuple]:
-    """Tokenize and forward a merged batch of (scorer, prompt, response) items; items of different scorers
-    (mid-reload) go to their own model. Each item gets (score, spread, truncated, tokens), or the exception
-    that encoding it raised; spread is the std across ensemble heads, None for one head."""
-    results: list[tuple] = [()] * len(items)
+def _score_items(items: list[tuple[RewardScorer, object, list]]) -> list[tuple]:
+    """Tokenize and forward a merged batch of (scorer, prompt, responses) items — one response for a text,
+    n for a group scored with its prompt computed once; items of different scorers (mid-reload) go to their
+    own model. Each item gets (scores, spreads, truncated, tokens), or the exception that encoding it raised;
+    spreads are the std across ensemble heads, None for one head."""
+    results: list = [()] * len(items)
     by_scorer: dict[int, list[int]] = {}
     for index, (scorer, _, _) in enumerate(items):
         by_scorer.setdefault(id(scorer), []).append(index)
@@ -129,10 +132,10 @@ def _score_items(items: list[tuple[RewardScorer, object, object]]) -> list[tuple
         encoded = {}
         for index in indices:
             try:
-                encoded[index] = scorer.encode(items[index][1], items[index][2])
+                encoded[index] = scorer.encoder.encode_group(items[index][1], items[index][2])
             except Exception as error:  # noqa: BLE001 - e.g. a chat template refusing the messages:
                 results[index] = error  # that caller gets a 400, its batch mates are still scored
-        values, spreads = scorer.score_encoded_with_spread(list(encoded.values()))
+        values, spreads = scorer.score_groups_with_spread(list(encoded.values()))
         for position, (index, group) in enumerate(encoded.items()):
             results[index] = (values[position], None if spreads is None else spreads[position],
                               group.prompt_truncated or group.response_truncated, group.shared_length())
@@ -203,7 +206,7 @@ class ScoringDeployment:
     # max_batch_size x max_concurrent_batches exceeds max_ongoing_requests; our items are texts, not
     # requests, so that bound does not apply.)
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0, max_concurrent_batches=64)
-    async def _forward_batch(self, items: list[tuple[RewardScorer, object, object]]) -> list[tuple]:
+    async def _forward_batch(self, items: list[tuple[RewardScorer, object, list]]) -> list[tuple]:
         return await self._forward_queue.run(items)
 
     async def score(self, prompts: list | None, responses: list, normalize: bool | None = None) -> dict:
@@ -212,20 +215,43 @@ class ScoringDeployment:
         prompts = check_pairs(prompts, responses, self.max_texts)
         scorer = self.scorer
         normalize = self.settings.normalize if normalize is None else normalize
-        mean, std = scorer.metadata.get("reward_mean"), scorer.metadata.get("reward_std")
-        if normalize and (mean is None or not std):
-            raise BadRequest(f"checkpoint {scorer.checkpoint} stores no reward_mean/reward_std to normalize with")
-        results = await asyncio.gather(*(self._forward_batch((scorer, p, r)) for p, r in zip(prompts, responses)))
+        if normalize:
+            self._normalized(scorer, [], None, True)  # a checkpoint without mean/std is a 400 before any compute
+        results = await asyncio.gather(*(self._forward_batch((scorer, p, [r])) for p, r in zip(prompts, responses)))
         for index, result in enumerate(results):
             if isinstance(result, Exception):
                 raise BadRequest(f"text {index} could not be encoded: {type(result).__name__}: {result}")
-        scores = [result[0] for result in results]
-        spreads = [result[1] for result in results] if scorer.ensemble_size > 1 else None
-        if normalize:
-            scores = [(s - mean) / std for s in scores]
-            spreads = None if spreads is None else [s / std for s in spreads]
+        scores = [result[0][0] for result in results]
+        spreads = [result[1][0] for result in results] if scorer.ensemble_size > 1 else None
+        scores, spreads = self._normalized(scorer, scores, spreads, normalize)
         return {"scores": scores, "spreads": spreads, "normalized": bool(normalize),
                 "truncated": [result[2] for result in results], "tokens": [result[3] for result in results]}
+
+    async def score_group(self, prompt, responses: list, normalize: bool | None = None,
+                          advantages: str | None = None) -> dict:
+        """n responses to one prompt, scored in one prefix-shared forward (the prompt computed once);
+        equal to scoring each full text alone. `advantages`: None, "grpo" or "rloo" (group-normalized)."""
+        check_pairs([prompt] * len(responses) if isinstance(responses, list) else None, responses, self.max_texts)
+        if not responses:
+            return {"scores": [], "spreads": None, "advantages": [] if advantages else None,
+                    "normalized": bool(normalize), "truncated": False, "tokens": 0}
+        group_advantages([0.0, 1.0], advantages)  # an unknown kind is a 400 before any compute
+        scorer = self.scorer
+        normalize = self.settings.normalize if normalize is None else normalize
+        result = await self._forward_batch((scorer, prompt, list(responses)))
+        if isinstance(result, Exception):
+            raise BadRequest(f"the group could not be encoded: {type(result).__name__}: {result}")
+        scores, spreads = self._normalized(scorer, result[0], result[1], normalize)
+        return {"scores": scores, "spreads": spreads, "advantages": group_advantages(scores, advantages),
+                "normalized": bool(normalize), "truncated": result[2], "tokens": result[3]}
+
+    def _normalized(self, scorer: RewardScorer, scores: list, spreads: list | None, normalize: bool):
+        if not normalize:
+            return scores, spreads
+        mean, std = scorer.metadata.get("reward_mean"), scorer.metadata.get("reward_std")
+        if mean is None or not std:
+            raise BadRequest(f"checkpoint {scorer.checkpoint} stores no reward_mean/reward_std to normalize with")
+        return [(s - mean) / std for s in scores], None if spreads is None else [s / std for s in spreads]
 
     def info(self) -> dict:
         metadata = self.scorer.metadata
@@ -269,7 +295,22 @@ class ScoringDeployment:
                 "normalized": result["normalized"]}
 
     @http_app.post("/classify", dependencies=[Depends(_require_token)])
-    async def classify_route(self, body: ClassifyRequest) -> dict:
-        texts = [body.input] if isinstance(body.input, str) else body.input
+    async def classify_route(self, body: ClassifyRequest):
+        texts = body.texts()
         result = await self.score(texts, [""] * len(texts), body.normalize)
+        if body.text is not None:  # SGLang's dialect
+            return sglang_classify_response(result)
         return classify_response(result, body.model or self.info()["model"])
+
+    @http_app.post("/v1/embeddings", dependencies=[Depends(_require_token)])
+    async def embeddings_route(self, body: EmbeddingsRequest) -> dict:
+        if body.encoding_format not in (None, "float"):
+            raise BadRequest(f"encoding_format={body.encoding_format!r}: only 'float' is served")
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        result = await self.score(texts, [""] * len(texts), body.normalize)
+        return embeddings_response(result, body.model or self.info()["model"])
+
+    @http_app.post("/score_group", dependencies=[Depends(_require_token)])
+    async def score_group_route(self, body: ScoreGroupRequest) -> dict:
+        return await self.score_group(plain(body.prompt), [plain(r) for r in body.responses], body.normalize,
+                                      body.advantages)

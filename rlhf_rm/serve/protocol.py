@@ -1,9 +1,12 @@
 """Wire formats of the pool: request bodies, their validation, and the response shapes each caller expects.
 
-Three HTTP dialects map onto one scoring call `score(prompts, responses)`:
-  /score       ours: prompt/response pairs, strings or chat message lists
-  /get_reward  OpenRLHF remote RM: full texts in `query`, optional `prompts` to split them
-  /classify    vLLM-style classify (veRL's reward loop): full texts in `input`
+HTTP dialects that map onto one scoring call `score(prompts, responses)`:
+  /score          ours: prompt/response pairs, strings or chat message lists
+  /score_group    ours: one prompt, n responses, scored in one prefix-shared forward (GRPO/RLOO groups)
+  /get_reward     OpenRLHF remote RM: full texts in `query`, optional `prompts` to split them
+  /classify       vLLM-style (`input` → `data[i].probs`, veRL's reward loop) or SGLang-style
+                  (`text` → `[{"embedding": [r]}]`, veRL's SGLang backend, Skywork-Reward-V2's recipe)
+  /v1/embeddings  OpenAI embeddings shape (`input` → `data[i].embedding`; veRL reads `embedding[-1]`)
 A full text is scored as a prompt with an empty response, so truncation cuts it from the left
 (keeping its end, where the reply is) exactly as training cuts an over-long prompt.
 """
@@ -51,9 +54,35 @@ class GetRewardRequest(BaseModel):
 
 
 class ClassifyRequest(BaseModel):
+    """vLLM sends `input`; SGLang sends `text` (and gets SGLang's response shape back)."""
+
     model: Optional[str] = None  # echoed back; the pool serves one model
-    input: Union[str, list[str]]
+    input: Optional[Union[str, list[str]]] = None
+    text: Optional[Union[str, list[str]]] = None
     normalize: Optional[bool] = None
+
+    def texts(self) -> list[str]:
+        if (self.input is None) == (self.text is None):
+            raise BadRequest("send exactly one of 'input' (vLLM) or 'text' (SGLang)")
+        value = self.input if self.input is not None else self.text
+        return [value] if isinstance(value, str) else list(value)
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI /v1/embeddings body as veRL's reward client sends it; the 'embedding' is [reward]."""
+
+    model: Optional[str] = None
+    input: Union[str, list[str]]
+    encoding_format: Optional[str] = None  # "float" only: the reward is a plain number
+    normalize: Optional[bool] = None
+
+
+class ScoreGroupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: Text = Field(description="the shared prompt: a string or chat messages")
+    responses: list[Text] = Field(description="n replies to it, strings or chat message lists")
+    normalize: Optional[bool] = Field(None, description="null: the pool's default")
+    advantages: Optional[str] = Field(None, description="null | 'grpo' ((r − mean) / std) | 'rloo' (r − mean of the others)")
 
 
 def plain(text: Any) -> Any:
@@ -100,6 +129,38 @@ def split_queries(query: list[str], prompts: list[str] | None) -> tuple[list[str
             split_prompts.append(full)
             responses.append("")
     return split_prompts, responses
+
+
+def group_advantages(scores: list[float], kind: str | None) -> list[float] | None:
+    """Group-normalized advantages of n rewards to one prompt: GRPO (r − mean) / (std + 1e-6), population std;
+    RLOO r_i − mean of the other n − 1."""
+    if kind is None:
+        return None
+    n = len(scores)
+    mean = sum(scores) / n if n else 0.0
+    if kind == "grpo":
+        std = (sum((s - mean) ** 2 for s in scores) / n) ** 0.5 if n else 0.0
+        return [(s - mean) / (std + 1e-6) for s in scores]
+    if kind == "rloo":
+        if n < 2:
+            raise BadRequest("rloo advantages need at least 2 responses")
+        total = sum(scores)
+        return [s - (total - s) / (n - 1) for s in scores]
+    raise BadRequest(f"advantages={kind!r}; choose null, 'grpo' or 'rloo'")
+
+
+def sglang_classify_response(result: dict) -> list[dict]:
+    """SGLang's /classify answer: one object per text, the reward as a one-element 'embedding'."""
+    return [{"embedding": [score], "meta_info": {"prompt_tokens": tokens, "truncated": truncated}}
+            for score, tokens, truncated in zip(result["scores"], result["tokens"], result["truncated"])]
+
+
+def embeddings_response(result: dict, model: str) -> dict:
+    """OpenAI embeddings shape; veRL reads data[i].embedding[-1]."""
+    tokens = sum(result["tokens"])
+    return {"object": "list", "model": model,
+            "data": [{"object": "embedding", "index": i, "embedding": [score]} for i, score in enumerate(result["scores"])],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "normalized": result["normalized"]}
 
 
 def classify_response(result: dict, model: str) -> dict:
