@@ -181,10 +181,10 @@ def test_a_text_that_fails_to_encode_fails_alone(direct, texts):
 
     prompts, responses = texts
     scorer = direct[0]
-    results = _score_items([(scorer, prompts[0], responses[0]), (scorer, 12345, "hi"),
-                            (scorer, prompts[1], responses[1])])
+    results = _score_items([(scorer, prompts[0], [responses[0]]), (scorer, 12345, ["hi"]),
+                            (scorer, prompts[1], [responses[1]])])
     assert isinstance(results[1], Exception)
-    assert_scores([results[0][0], results[2][0]], expected(scorer, prompts[:2], responses[:2]))
+    assert_scores([results[0][0][0], results[2][0][0]], expected(scorer, prompts[:2], responses[:2]))
 
 
 # -- HTTP dialects --------------------------------------------------------------------------------
@@ -234,7 +234,7 @@ def test_sglang_classify_and_embeddings_dialects(pool, direct, texts):
         one = http.post("/classify", json={"model": "rm", "text": full[0]}).json()
         assert_scores([one[0]["embedding"][0]], want[:1])
         both = http.post("/classify", json={"input": full[:1], "text": full[:1]})
-        assert both.status_code == 400 and "exactly one" in both.json()["detail"]
+        assert both.status_code == 422 and "exactly one" in str(both.json()["detail"])
 
         embeddings = http.post("/v1/embeddings", json={"model": "rm", "input": full[:3]}).json()
         assert embeddings["object"] == "list" and embeddings["model"] == "rm"

@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class BadRequest(ValueError):
@@ -61,9 +61,13 @@ class ClassifyRequest(BaseModel):
     text: Optional[Union[str, list[str]]] = None
     normalize: Optional[bool] = None
 
-    def texts(self) -> list[str]:
+    @model_validator(mode="after")
+    def _one_dialect(self):
         if (self.input is None) == (self.text is None):
-            raise BadRequest("send exactly one of 'input' (vLLM) or 'text' (SGLang)")
+            raise ValueError("send exactly one of 'input' (vLLM) or 'text' (SGLang)")
+        return self
+
+    def texts(self) -> list[str]:
         value = self.input if self.input is not None else self.text
         return [value] if isinstance(value, str) else list(value)
 
