@@ -23,14 +23,14 @@ class RewardModel(nn.Module):
         self.hf_model = hf_model
 
     def forward(self, input_ids, attention_mask, position_ids, score_rows, score_cols,
-                segment_ids=None) -> torch.Tensor:
+                segment_ids=None, document_ids=None) -> torch.Tensor:
         """attention_mask: [rows, T] or a dense [rows, 1, T, T] tree mask; None with `segment_ids` (flex)."""
         # Under LoRA the HF model is wrapped by peft; its layers are adapted in place.
         inner = self.hf_model.get_base_model() if hasattr(self.hf_model, "get_base_model") else self.hf_model
         if segment_ids is not None:  # a model loaded with attention="flex_attention" (see batching/flex_mask.py)
             from rlhf_rm.batching.flex_mask import block_mask
 
-            attention_mask = block_mask(segment_ids)
+            attention_mask = block_mask(segment_ids, document_ids)
         hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                   use_cache=False).last_hidden_state
         # The head runs on the N scored positions only, not on every token.

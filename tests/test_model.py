@@ -122,6 +122,54 @@ def test_flex_block_mask_rule_equals_the_dense_tree_mask(tiny_tokenizer):
         collate(groups, tiny_tokenizer.pad_token_id, "separate").model_inputs(flex=True)
 
 
+def _mixed_groups(tokenizer):
+    encoder = ResponseEncoder(tokenizer, max_length=1024)
+    return [encoder.encode_group("\n\nHuman: rank these please\n\nAssistant:", [" one", " two two", " three " * 5, " 4"]),
+            encoder.encode_pair(PreferencePair("\n\nHuman: hi\n\nAssistant:", " yes", " no no", "t:1")),
+            encoder.encode_group("\n\nHuman: " + "long prompt " * 20 + "\n\nAssistant:", [" a", " b"]),
+            encoder.encode_pair(PreferencePair("\n\nHuman: why?\n\nAssistant:", " Because.", " No idea.", "t:2"))]
+
+
+@pytest.mark.parametrize("layout,row_tokens", [("packed", None), ("packed", 60), ("packed_shared", None),
+                                                ("packed_shared", 70)])
+def test_packed_rows_equal_separate_forwards(tiny_model, tiny_tokenizer, layout, row_tokens):
+    """Several groups (pairs and K = 4 rankings) packed into one row — OpenRLHF's layout (each response with
+    its own prompt copy) and ours (each group's prompt once) — give every response the reward and the
+    gradients of its own padded row (fp32)."""
+    groups = _mixed_groups(tiny_tokenizer)
+    pad = tiny_tokenizer.pad_token_id
+    packed = collate(groups, pad, layout, row_tokens=row_tokens)
+    separate = collate(groups, pad, "separate")
+    assert packed.input_ids.shape[0] == (1 if row_tokens is None else packed.input_ids.shape[0])
+    if row_tokens is not None:
+        assert packed.input_ids.shape[0] > 1  # the cap really splits the batch into rows
+    expected_tokens = sum(g.separate_length() if layout == "packed" else g.shared_length() for g in groups)
+    assert packed.real_tokens == expected_tokens
+    outputs, grads = [], []
+    for batch in (packed, separate):
+        tiny_model.zero_grad()
+        rewards, _ = batch.per_group(tiny_model(**batch.model_inputs()))
+        (rewards * torch.arange(1, rewards.numel() + 1).view_as(rewards)).sum().backward()
+        outputs.append(rewards.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in tiny_model.parameters() if p.grad is not None]))
+    tiny_model.zero_grad()
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)  # loss weights up to 10: fp32 sums
+
+
+def test_flex_rule_with_documents_equals_the_dense_packed_mask(tiny_tokenizer):
+    from torch.nn.attention.flex_attention import create_mask
+
+    from rlhf_rm.batching.flex_mask import tree_mask_mod
+
+    for layout in ("packed", "packed_shared"):
+        batch = collate(_mixed_groups(tiny_tokenizer), tiny_tokenizer.pad_token_id, layout, row_tokens=70)
+        rows, width = batch.segment_ids.shape
+        rule = create_mask(tree_mask_mod(batch.segment_ids, batch.document_ids), rows, 1, width, width, device="cpu")
+        assert torch.equal(rule, batch.attention_mask)
+        assert (batch.document_ids.max(dim=1).values > 0).any()  # rows really hold several documents
+
+
 def test_lora_trains_adapters_and_head_and_saves_merged(tmp_path, tiny_backbone, tiny_tokenizer):
     from transformers import AutoModelForSequenceClassification
 

@@ -1,11 +1,16 @@
 """Lay out groups of (prompt, K responses) as model inputs.
 
-Two layouts give the same rewards (tested):
+Four layouts give the same rewards (tested):
   separate       one right-padded row per response, each with its own copy of the prompt
                  (what common trainers do);
   prefix_shared  one row per group: prompt, then every response; a tree attention mask lets each
                  response see the prompt and itself only, and position ids restart after the prompt,
-                 so the prompt is computed once.
+                 so the prompt is computed once;
+  packed         OpenRLHF's packing_samples: every (prompt + response) a document of its own, documents
+                 concatenated into rows with a block-diagonal causal mask, no padding but at row ends
+                 (the prompt computed once per response);
+  packed_shared  several groups per row, each a tree as in prefix_shared, block-diagonal between groups:
+                 no padding and the prompt computed once.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 
 from rlhf_rm.batching.tokenize import EncodedGroup
 
-LAYOUTS = ("prefix_shared", "separate")
+LAYOUTS = ("prefix_shared", "separate", "packed", "packed_shared")
 
 
 @dataclass
@@ -28,7 +33,8 @@ class ModelBatch:
     score_cols: torch.Tensor  # [N] column of that token
     group_sizes: list[int]  # K of each group; scored responses come group by group, in input order
     real_tokens: int  # non-pad tokens in the batch, for throughput reports
-    segment_ids: torch.Tensor | None = None  # prefix_shared: 0 prompt, k + 1 response k, -1 pad (flex_mask)
+    segment_ids: torch.Tensor | None = None  # tree layouts: 0 prompt, k + 1 response k, -1 pad (flex_mask)
+    document_ids: torch.Tensor | None = None  # tree layouts: which unit (group, or response for packed) of the row
 
     def model_inputs(self, flex: bool = False) -> dict:
         """Keyword arguments of RewardModel.forward; `flex`: the segments instead of the dense mask."""
@@ -37,7 +43,8 @@ class ModelBatch:
         if flex:
             if self.segment_ids is None:
                 raise ValueError("FlexAttention needs the prefix_shared layout (trainer.layout=prefix_shared)")
-            return {**inputs, "attention_mask": None, "segment_ids": self.segment_ids}
+            return {**inputs, "attention_mask": None, "segment_ids": self.segment_ids,
+                    "document_ids": self.document_ids}
         return {**inputs, "attention_mask": self.attention_mask}
 
     def per_group(self, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,12 +56,39 @@ class ModelBatch:
         return matrix, mask
 
 
-def collate(groups: list[EncodedGroup], pad_id: int, layout: str = "prefix_shared") -> ModelBatch:
+def collate(groups: list[EncodedGroup], pad_id: int, layout: str = "prefix_shared",
+            row_tokens: int | None = None) -> ModelBatch:
+    """`row_tokens` caps a packed row's width (packed layouts only; None: one row for the whole batch)."""
     if layout == "prefix_shared":
-        return _collate_prefix_shared(groups, pad_id)
+        return _collate_units([[(g.prompt_ids, g.response_ids)] for g in groups], groups, pad_id)
     if layout == "separate":
         return _collate_separate(groups, pad_id)
+    if layout == "packed":  # OpenRLHF's packing_samples: every response with its own copy of the prompt
+        units = [(g.prompt_ids, [r]) for g in groups for r in g.response_ids]
+        return _collate_units(_pack_rows(units, row_tokens), groups, pad_id)
+    if layout == "packed_shared":  # several groups per row, each group's prompt computed once
+        units = [(g.prompt_ids, g.response_ids) for g in groups]
+        return _collate_units(_pack_rows(units, row_tokens), groups, pad_id)
     raise ValueError(f"unknown batch layout {layout!r}; choose one of {LAYOUTS}")
+
+
+def _unit_length(unit) -> int:
+    prompt, responses = unit
+    return len(prompt) + sum(len(r) for r in responses)
+
+
+def _pack_rows(units: list, row_tokens: int | None) -> list[list]:
+    """Fill rows in order (a group's responses stay in order) up to row_tokens; no padding but at row ends."""
+    rows: list[list] = [[]]
+    width = 0
+    for unit in units:
+        length = _unit_length(unit)
+        if rows[-1] and row_tokens is not None and width + length > row_tokens:
+            rows.append([])
+            width = 0
+        rows[-1].append(unit)
+        width += length
+    return rows if rows[0] else []
 
 
 def _collate_separate(groups: list[EncodedGroup], pad_id: int) -> ModelBatch:
@@ -72,35 +106,43 @@ def _collate_separate(groups: list[EncodedGroup], pad_id: int) -> ModelBatch:
                       group_sizes=[len(g.response_ids) for g in groups], real_tokens=int(lengths.sum()))
 
 
-def _collate_prefix_shared(groups: list[EncodedGroup], pad_id: int) -> ModelBatch:
-    width = max(g.shared_length() for g in groups)
-    rows = len(groups)
-    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((rows, width), dtype=torch.long)
+def _collate_units(rows: list[list], groups: list[EncodedGroup], pad_id: int) -> ModelBatch:
+    """Rows of units (prompt, responses), each unit a tree: the prompt causal, every response sees the whole
+    prompt and itself causally, never a sibling nor another unit; positions restart at each unit."""
+    width = max(sum(_unit_length(u) for u in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
     # Pad positions attend to themselves only, so no attention row is empty (an all-masked row gives NaN).
-    mask = torch.eye(width, dtype=torch.bool).expand(rows, width, width).clone()
-    segments = torch.full((rows, width), -1, dtype=torch.long)
+    mask = torch.eye(width, dtype=torch.bool).expand(len(rows), width, width).clone()
+    segments = torch.full((len(rows), width), -1, dtype=torch.long)
+    documents = torch.full((len(rows), width), -1, dtype=torch.long)
     score_rows, score_cols = [], []
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    for row, group in enumerate(groups):
-        p = len(group.prompt_ids)
-        input_ids[row, :p] = torch.tensor(group.prompt_ids, dtype=torch.long)
-        position_ids[row, :p] = torch.arange(p)
-        mask[row, :p, :p] = causal[:p, :p]
-        segments[row, :p] = 0
-        start = p
-        for k, response in enumerate(group.response_ids):
-            n = len(response)
-            end = start + n
-            input_ids[row, start:end] = torch.tensor(response, dtype=torch.long)
-            position_ids[row, start:end] = torch.arange(p, p + n)
-            mask[row, start:end, :p] = True  # every response sees the whole prompt
-            mask[row, start:end, start:end] = causal[:n, :n]  # and itself, causally; never its siblings
-            segments[row, start:end] = k + 1
-            score_rows.append(row)
-            score_cols.append(end - 1)
+    for row, units in enumerate(rows):
+        start = 0
+        for document, (prompt, responses) in enumerate(units):
+            p = len(prompt)
+            end = start + p
+            input_ids[row, start:end] = torch.tensor(prompt, dtype=torch.long)
+            position_ids[row, start:end] = torch.arange(p)
+            mask[row, start:end, start:end] = causal[:p, :p]
+            segments[row, start:end] = 0
+            documents[row, start:end] = document
+            prompt_start = start
+            for k, response in enumerate(responses):
+                begin, n = end, len(response)
+                end = begin + n
+                input_ids[row, begin:end] = torch.tensor(response, dtype=torch.long)
+                position_ids[row, begin:end] = torch.arange(p, p + n)
+                mask[row, begin:end, prompt_start:prompt_start + p] = True  # every response sees its prompt
+                mask[row, begin:end, begin:end] = causal[:n, :n]  # and itself, causally; never a sibling
+                segments[row, begin:end] = k + 1
+                documents[row, begin:end] = document
+                score_rows.append(row)
+                score_cols.append(end - 1)
             start = end
-    real = sum(g.shared_length() for g in groups)
+    real = sum(_unit_length(u) for units in rows for u in units)
     return ModelBatch(input_ids, mask.unsqueeze(1), position_ids,
                       score_rows=torch.tensor(score_rows), score_cols=torch.tensor(score_cols),
-                      group_sizes=[len(g.response_ids) for g in groups], real_tokens=real, segment_ids=segments)
+                      group_sizes=[len(g.response_ids) for g in groups], real_tokens=real, segment_ids=segments,
+                      document_ids=documents)

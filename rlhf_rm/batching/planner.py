@@ -11,8 +11,10 @@ import random
 
 def row_length(group, layout: str) -> int:
     """Tokens one example costs in the chosen layout (the planner's budget unit)."""
-    if layout == "prefix_shared":
+    if layout in ("prefix_shared", "packed_shared"):
         return group.shared_length()
+    if layout == "packed":  # no padding: each response with its own prompt copy
+        return group.separate_length()
     return max(len(group.prompt_ids) + len(r) for r in group.response_ids) * len(group.response_ids)
 
 
