@@ -19,6 +19,8 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from rlhf_rm.data.readers import DEFAULT_MAX_ROW_BYTES
+
 
 class ConfigError(ValueError):
     """A setting that cannot work, found at start-up (before Ray or any worker starts)."""
@@ -52,7 +54,7 @@ class DataConfig:
     append_eos: bool = True
     prompt_separator: str = "\n\nAssistant:"  # implicit-prompt rows: the prompt ends at the last separator
     on_error: str = "raise"  # raise: stop at the first bad row (file:line); skip: quarantine and count
-    max_row_bytes: int = 10485760  # a longer row (10 MB) is rejected without being parsed (on_error decides)
+    max_row_bytes: int = DEFAULT_MAX_ROW_BYTES  # a longer row (10 MiB) is rejected unparsed (on_error decides)
     dedupe: bool = True  # keep the first of identical examples (same prompt, responses, labels) within a split
     drop_dev_overlap: bool = False  # train examples whose texts also appear in dev: counted; true removes them
     cache: bool = True  # tokenized groups cached as Arrow under $RLHF_RM_CACHE/tokenized (~/.cache/rlhf_rm)

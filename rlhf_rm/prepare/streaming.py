@@ -76,11 +76,11 @@ def plan_units(specs: list[dict], rows_per_unit: int) -> list[dict]:
     """One unit per file slice, in source and file order (the order repeats are judged in)."""
     units = []
     for spec in specs:
-        if spec.get("format", "preference") != "preference":
+        if spec["format"] != "preference":
             raise ValueError(f"data.streaming=true reads the 'preference' format (rows of pairs or rankings); "
                              f"source {spec['name']!r} is {spec['format']!r}, whose files are small: "
                              f"set data.streaming=false for it")
-        if float(spec.get("weight", 1.0)) != 1.0:
+        if float(spec["weight"]) != 1.0:
             raise ValueError(f"source {spec['name']!r}: weights are not applied when streaming "
                              f"(data.streaming=true); give each source weight 1.0")
         for path in expand_paths(spec["path"]):
