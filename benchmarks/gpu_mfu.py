@@ -51,6 +51,7 @@ def main() -> int:
     from rlhf_rm.data import load_pairs
     from rlhf_rm.losses import build_loss
     from rlhf_rm.model import RewardModel, ensure_pad_token
+    from rlhf_rm.model_state import set_attention
     from rlhf_rm.training.steps import train_step
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -79,7 +80,7 @@ def main() -> int:
         if flex:
             results["flex_vs_sdpa_fp32"] = flex_check(model, batches[0], device)
             print("flex vs sdpa (fp32, same batch):", json.dumps(results["flex_vs_sdpa_fp32"]), flush=True)
-            model.hf_model.set_attn_implementation("flex_attention")
+            set_attention(model, "flex")
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
         step_model = torch.compile(model, dynamic=True) if args.compile else model
         needed = args.warmup + args.steps
@@ -123,12 +124,14 @@ def flex_check(model, batch, device) -> dict:
     """Rewards of one prefix-shared batch under SDPA (dense mask) and FlexAttention (block mask), fp32."""
     import torch
 
+    from rlhf_rm.model_state import set_attention
+
     with torch.no_grad():
-        model.hf_model.set_attn_implementation("sdpa")
+        set_attention(model, "sdpa")
         dense = model(**{k: v.to(device) for k, v in batch.model_inputs().items()}).float()
-        model.hf_model.set_attn_implementation("flex_attention")
+        set_attention(model, "flex")
         flex = model(**{k: v.to(device) for k, v in batch.model_inputs(flex=True).items()}).float()
-        model.hf_model.set_attn_implementation("sdpa")
+        set_attention(model, "sdpa")
     diff = (dense - flex).abs()
     return {"max_abs_diff": diff.max().item(), "max_rel_diff": (diff / dense.abs().clamp(min=1e-3)).max().item(),
             "rewards": dense.numel()}

@@ -179,6 +179,9 @@ def choices() -> dict[str, tuple]:
 def register_schemas() -> None:
     """Make the schemas known to Hydra; conf/config.yaml and conf/evaluate.yaml list them first."""
     from hydra.core.config_store import ConfigStore
+    from hydra.core.utils import setup_globals
+
+    setup_globals()  # Hydra's ${now:...} resolver (run_name's default), also outside a Hydra app
 
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
@@ -212,15 +215,12 @@ def compose(overrides: list[str] = (), config_name: str = "config") -> DictConfi
 
 
 def settings_from(cfg: DictConfig | TrainConfig) -> TrainConfig:
-    """The composed DictConfig as a validated TrainConfig (interpolations resolved); done once, at the edge."""
-    if isinstance(cfg, TrainConfig):
-        settings = cfg
-    else:
-        structured = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
-        settings = OmegaConf.to_object(structured)
-        settings.loss = _plain(settings.loss)
-        settings.data.train, settings.data.dev = _plain(settings.data.train), _plain(settings.data.dev)
-        settings.deepspeed.config = _plain(settings.deepspeed.config)
+    """The composed DictConfig (or a TrainConfig built in code) as a validated TrainConfig with every
+    interpolation resolved; done once, at the edge."""
+    settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg))
+    settings.loss = _plain(settings.loss)
+    settings.data.train, settings.data.dev = _plain(settings.data.train), _plain(settings.data.dev)
+    settings.deepspeed.config = _plain(settings.deepspeed.config)
     validate(settings)
     return settings
 

@@ -30,6 +30,11 @@ def build_reward_model(weights: str, tokenizer, model: ModelConfig, attention: s
     return reward_model
 
 
+def set_attention(model: RewardModel, attention: str) -> None:
+    """Switch a loaded model's attention kernel: "sdpa" (dense masks) or "flex" (FlexAttention block masks)."""
+    model.hf_model.set_attn_implementation({"flex": "flex_attention"}.get(attention, attention))
+
+
 def is_head_parameter(name: str) -> bool:
     """True for the scalar head's parameters (also under LoRA's `modules_to_save` copies)."""
     return f".{HEAD_MODULE}." in f".{name}"

@@ -126,3 +126,12 @@ def test_loss_data_mismatch_fails_before_training(tmp_path, tiny_backbone):
     with pytest.raises(LossDataMismatch, match="plackett_luce"):
         run(cfg, tmp_path)
     assert not ray.is_initialized()  # nothing was launched
+
+
+def test_settings_built_in_code_are_resolved_and_validated():
+    from rlhf_rm.config import BatchingConfig, DataConfig
+
+    settings = settings_from(TrainConfig(data=DataConfig(train="pairs.jsonl")))
+    assert "${" not in settings.run_name and settings.trainer.log_every == 5
+    with pytest.raises(ConfigError, match="batching.tokens_per_worker=0"):
+        settings_from(TrainConfig(data=DataConfig(train="pairs.jsonl"), batching=BatchingConfig(tokens_per_worker=0)))
