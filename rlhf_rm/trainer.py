@@ -143,7 +143,8 @@ class RewardModelRecipe:
         for epoch in range(start_epoch, trainer.epochs):
             if position.step >= self.total_steps:
                 break
-            for step_in_epoch, groups, step_pairs in self.source.steps(epoch, start_step if epoch == start_epoch else 0):
+            first = start_step if epoch == start_epoch else 0
+            for step_in_epoch, groups, step_pairs in self.source.steps(epoch, first):
                 self.step(epoch, step_in_epoch, groups, step_pairs)
                 if position.step >= self.total_steps:
                     break  # the final evaluation and checkpoint follow the loop
@@ -221,8 +222,8 @@ class RewardModelRecipe:
             metadata.update({"dev_metrics": dev, "reward_mean": dev.get("reward_mean"),
                              "reward_std": dev.get("reward_std")})
         report = {"step": position.step, **({f"dev_{k}": v for k, v in dev.items()} if dev else {}), **(extra or {})}
-        save_and_report(self.model, self.engine, self.tokenizer, self.rank, metadata, position.state(epoch, step_in_epoch),
-                        self.optimizer, self.scheduler, report)
+        save_and_report(self.model, self.engine, self.tokenizer, self.rank, metadata,
+                        position.state(epoch, step_in_epoch), self.optimizer, self.scheduler, report)
 
     def finish(self, train_seconds: float) -> None:
         """The final evaluation, summary and checkpoint."""
