@@ -46,12 +46,13 @@ def main() -> int:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
     from rlhf_rm.batching.collate import collate
-    from rlhf_rm.batching.planner import plan_steps
+    from rlhf_rm.batching.planner import plan_steps, row_length
     from rlhf_rm.batching.tokenize import ResponseEncoder
     from rlhf_rm.data import load_pairs
-    from rlhf_rm.losses import LossInputs, build_loss
+    from rlhf_rm.losses import build_loss
     from rlhf_rm.model import RewardModel, ensure_pad_token
-    from rlhf_rm.batching.planner import row_length
+    from rlhf_rm.model_state import set_attention
+    from rlhf_rm.training.steps import train_step
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
@@ -74,35 +75,27 @@ def main() -> int:
         layout = "prefix_shared" if flex else name
         lengths = [row_length(g, layout) for g in groups]
         plan = [step[0] for step in plan_steps(lengths, 1, args.tokens_per_step, seed=0)]
-        batches = [collate([groups[i] for i in step], tokenizer.pad_token_id, layout) for step in plan]
+        batch_groups = [[groups[i] for i in step] for step in plan]
+        batches = [collate(step, tokenizer.pad_token_id, layout) for step in batch_groups]
         if flex:
             results["flex_vs_sdpa_fp32"] = flex_check(model, batches[0], device)
             print("flex vs sdpa (fp32, same batch):", json.dumps(results["flex_vs_sdpa_fp32"]), flush=True)
-            model.hf_model.set_attn_implementation("flex_attention")
+            set_attention(model, "flex")
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
         step_model = torch.compile(model, dynamic=True) if args.compile else model
         needed = args.warmup + args.steps
-        batches = (batches * (needed // len(batches) + 1))[:needed]
+        timed = [(batches[i % len(batches)], batch_groups[i % len(batches)]) for i in range(needed)]
         computed = pairs_done = 0
         started = None
-        for index, batch in enumerate(batches):
+        for index, (batch, step_groups) in enumerate(timed):
             if index == args.warmup:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 started = time.perf_counter()
-            inputs = {k: v.to(device, non_blocking=True) for k, v in batch.model_inputs(flex).items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                flat = step_model(**inputs)
-            rewards, mask = batch.per_group(flat.float())
-            step_groups = [None] * len(batch.group_sizes)
-            loss = loss_fn(LossInputs(rewards=rewards, mask=mask,
-                                      ranks=torch.tensor([[0.0, 1.0]] * len(step_groups), device=device),
-                                      is_pair=torch.ones(len(step_groups), dtype=torch.bool, device=device),
-                                      probability=torch.ones(len(step_groups), device=device),
-                                      margin=torch.full((len(step_groups),), float("nan"), device=device)))
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            # rlhf_rm's own step (no LR schedule, no clipping: the raw step's throughput).
+            train_step(step_model, batch, step_groups, loss_fn, optimizer, device=device, flex=flex,
+                       autocast=lambda: torch.autocast(device.type, dtype=torch.bfloat16,
+                                                       enabled=device.type == "cuda"))
             if index >= args.warmup:
                 computed += int(batch.real_tokens)
                 pairs_done += len(batch.group_sizes)
@@ -131,12 +124,14 @@ def flex_check(model, batch, device) -> dict:
     """Rewards of one prefix-shared batch under SDPA (dense mask) and FlexAttention (block mask), fp32."""
     import torch
 
+    from rlhf_rm.model_state import set_attention
+
     with torch.no_grad():
-        model.hf_model.set_attn_implementation("sdpa")
+        set_attention(model, "sdpa")
         dense = model(**{k: v.to(device) for k, v in batch.model_inputs().items()}).float()
-        model.hf_model.set_attn_implementation("flex_attention")
+        set_attention(model, "flex")
         flex = model(**{k: v.to(device) for k, v in batch.model_inputs(flex=True).items()}).float()
-        model.hf_model.set_attn_implementation("sdpa")
+        set_attention(model, "sdpa")
     diff = (dense - flex).abs()
     return {"max_abs_diff": diff.max().item(), "max_rel_diff": (diff / dense.abs().clamp(min=1e-3)).max().item(),
             "rewards": dense.numel()}

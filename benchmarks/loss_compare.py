@@ -16,7 +16,6 @@ import json
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "plackett_luce": ["data=oasst", "loss=plackett_luce"],
     "pairwise_all": ["data=oasst", "loss=pairwise_all"],
@@ -34,8 +33,8 @@ def main() -> int:
     args = parser.parse_args()
 
     import ray
-    from hydra import compose, initialize_config_dir
 
+    from rlhf_rm.config import compose
     from rlhf_rm.train import run
 
     results = {}
@@ -43,10 +42,8 @@ def main() -> int:
     for name, overrides in VARIANTS.items():
         if name.split()[0] not in {c.split()[0] for c in chosen}:
             continue
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-            cfg = compose(config_name="config", overrides=[
-                *overrides, f"data.limit={args.trees}", f"data.dev_limit={args.trees}",
-                f"data.max_length={args.max_length}", "logger=none", *args.overrides])
+        cfg = compose([*overrides, f"data.limit={args.trees}", f"data.dev_limit={args.trees}",
+                       f"data.max_length={args.max_length}", "logger=none", *args.overrides])
         started = time.perf_counter()
         metrics = run(cfg, Path(args.out) / name.split()[0])
         results[name] = {k: metrics.get(f"dev_{k}") for k in

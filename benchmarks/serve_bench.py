@@ -1,7 +1,7 @@
 """Serving pool throughput and latency against the bare model forward, measured in one run on one model.
 
     python benchmarks/serve_bench.py                       # a built-in small random Llama (no downloads)
-    python benchmarks/serve_bench.py --checkpoint outputs/main_320/checkpoint --texts 64 --max-length 64
+    python benchmarks/serve_bench.py --checkpoint outputs/main_320/checkpoint --texts 64
 
 Rows: bare forward (RewardScorer.score_encoded on pre-tokenized texts, best tokens-per-forward of a sweep),
 then the pool through a DeploymentHandle and through HTTP, fed by many concurrent callers; then latency
@@ -38,7 +38,7 @@ def fixture_pairs() -> tuple[list[str], list[str]]:
     return prompts, responses
 
 
-def build_bench_checkpoint(directory: Path, hidden: int, layers: int) -> str:
+def build_bench_checkpoint(directory: Path, hidden: int, layers: int, max_length: int = 512) -> str:
     import torch
 
     from rlhf_rm.model import load_reward_model, load_tokenizer, save_checkpoint
@@ -50,7 +50,8 @@ def build_bench_checkpoint(directory: Path, hidden: int, layers: int) -> str:
     tokenizer = load_tokenizer(backbone)
     torch.manual_seed(0)
     model = load_reward_model(backbone, tokenizer, head_init_std=1.0)
-    meta = {"reward_mean": 0.0, "reward_std": 1.0, "max_length": 512, "base_model": f"random-llama-h{hidden}-l{layers}"}
+    meta = {"reward_mean": 0.0, "reward_std": 1.0, "max_length": max_length,
+            "base_model": f"random-llama-h{hidden}-l{layers}"}
     return str(save_checkpoint(model, tokenizer, directory / "checkpoint", meta))
 
 
@@ -102,7 +103,8 @@ def main(argv=None) -> int:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--texts", type=int, default=256, help="texts per throughput measurement")
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--max-length", type=int, default=128,
+                        help="rendering max length of the built-in checkpoint (a trained one keeps its own)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, bare forward and replica alike")
     parser.add_argument("--callers", type=int, default=32, help="concurrent callers for throughput / high load")
     parser.add_argument("--texts-per-request", type=int, default=8)
@@ -122,12 +124,12 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="serve_bench_"))
-    checkpoint = args.checkpoint or build_bench_checkpoint(workdir, args.hidden, args.layers)
+    checkpoint = args.checkpoint or build_bench_checkpoint(workdir, args.hidden, args.layers, args.max_length)
     all_prompts, all_responses = fixture_pairs()
     reps = -(-args.texts // len(all_prompts))
     prompts, responses = (all_prompts * reps)[:args.texts], (all_responses * reps)[:args.texts]
 
-    scorer = RewardScorer(checkpoint, max_length=args.max_length)
+    scorer = RewardScorer(checkpoint)  # lengths come from the checkpoint's rendering
     encoded = [scorer.encode(p, r) for p, r in zip(prompts, responses)]
     mean_tokens = sum(e.shared_length() for e in encoded) / len(encoded)
     bare_rate, best_tokens, bare_single_ms = bench_bare(scorer, encoded, [1024, 2048, 4096, 8192, 16384])
@@ -137,7 +139,7 @@ def main(argv=None) -> int:
     wait = {} if args.batch_wait is None else {"batch_wait_timeout_s": args.batch_wait}  # else the shipped default
     config = ServeConfig(app_name="rm_bench", port=args.port, num_replicas=1, num_cpus_per_replica=1,
                          torch_threads=args.threads,
-                         live=LiveSettings(checkpoint=checkpoint, max_length=args.max_length, max_batch_size=256,
+                         live=LiveSettings(checkpoint=checkpoint, max_batch_size=256,
                                            tokens_per_forward=best_tokens, **wait))
     handle = start(config)
     url = f"http://127.0.0.1:{args.port}"
@@ -167,7 +169,7 @@ def main(argv=None) -> int:
     ray.shutdown()
 
     model = checkpoint if args.checkpoint else f"random Llama h{args.hidden} l{args.layers}"
-    print(f"\nmodel: {model}; {args.texts} texts, mean {mean_tokens:.0f} tokens (max_length {args.max_length}); "
+    print(f"\nmodel: {model}; {args.texts} texts, mean {mean_tokens:.0f} tokens (max_length {scorer.spec.max_length}); "
           f"torch threads {args.threads}; bare forward best at tokens_per_forward={best_tokens}; "
           f"mean pool batch {batches['texts'] / max(1, batches['count']):.1f} texts\n")
     print("| path | callers x texts/request | scores/s | vs bare | p50 ms | p99 ms |")

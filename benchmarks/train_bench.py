@@ -89,13 +89,13 @@ def run_rlhf_rm(args, backbone: str, variant: str) -> dict:
     import torch
 
     from rlhf_rm.batching.collate import collate
-    from rlhf_rm.batching.planner import plan_steps
+    from rlhf_rm.batching.planner import plan_steps, row_length
     from rlhf_rm.batching.tokenize import ResponseEncoder
-    from rlhf_rm.losses import LossInputs, build_loss
+    from rlhf_rm.config import TrainerConfig
+    from rlhf_rm.losses import build_loss
     from rlhf_rm.metrics import group_metrics
     from rlhf_rm.model import load_reward_model, load_tokenizer
-    from rlhf_rm.batching.planner import row_length
-    from rlhf_rm.trainer import _build_optimizer
+    from rlhf_rm.training.steps import build_optimizer, score_groups, train_step
 
     train, dev = load_slices(args.pairs, args.dev_pairs)
     tokenizer = load_tokenizer(backbone)
@@ -114,34 +114,21 @@ def run_rlhf_rm(args, backbone: str, variant: str) -> dict:
         steps = [assignment[0] for assignment in plan_steps(lengths, 1, budget, seed=0)]
     torch.manual_seed(0)
     model = load_reward_model(backbone, tokenizer, head_init_std=0.02)
-    trainer_cfg = {"lr": args.lr, "weight_decay": 0.0, "warmup_ratio": 0.05, "lr_schedule": "cosine",
-                   "head_lr_multiplier": 1.0}
-    optimizer, scheduler = _build_optimizer(model, trainer_cfg, len(steps))
+    settings = TrainerConfig(lr=args.lr, weight_decay=0.0, warmup_ratio=0.05, lr_schedule="cosine",
+                             head_lr_multiplier=1.0, max_grad_norm=1.0)
+    optimizer, scheduler = build_optimizer(model, settings, len(steps))
     loss_fn = build_loss({"name": "bradley_terry"})
     computed_tokens = real_tokens = 0
-    model.train()
     started = time.perf_counter()
     for step in steps:
         batch_groups = [groups[i] for i in step]
         batch = collate(batch_groups, tokenizer.pad_token_id, layout)
-        rewards, mask = batch.per_group(model(**batch.model_inputs()))
-        loss = loss_fn(LossInputs.from_groups(batch_groups, rewards, mask))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(model, batch, batch_groups, loss_fn, optimizer, scheduler, max_grad_norm=settings.max_grad_norm)
         computed_tokens += batch.input_ids.numel()
         real_tokens += sum(g.separate_length() for g in batch_groups)  # the same count TRL's figure uses
     seconds = time.perf_counter() - started
-    model.eval()
-    scores = []
-    with torch.no_grad():
-        for start in range(0, len(dev_groups), 8):
-            chunk = dev_groups[start: start + 8]
-            batch = collate(chunk, tokenizer.pad_token_id, "prefix_shared")
-            rewards, _ = batch.per_group(model(**batch.model_inputs()))
-            scores.extend(rewards.tolist())
+    chunks = [list(range(start, min(start + 8, len(dev_groups)))) for start in range(0, len(dev_groups), 8)]
+    scores = score_groups(model, dev_groups, tokenizer.pad_token_id, layout="prefix_shared", batches=chunks).rewards
     return {"pairs": len(groups), "dropped": 0, "seconds": seconds, "real_tokens": real_tokens,
             "computed_tokens": computed_tokens, "dev_accuracy": group_metrics(dev_groups, scores)["accuracy"]}
 

@@ -1,7 +1,9 @@
 """Reward-quality diagnostics on scored preference pairs: calibration, length bias, worst pairs.
 
 Pure functions of per-pair numbers (chosen/rejected rewards, response token lengths, source labels),
-so the trainer's dev evaluation, `rlhf_rm.evaluate` and tests all compute them the same way.
+so the trainer's dev evaluation, `rlhf_rm.evaluate` and tests all compute them the same way; pair and
+per-source accuracy are defined here once (`margin_accuracy`, `accuracy_by_source`) and rlhf_rm.metrics
+uses them too.
 Every result is a JSON-ready dict.
 """
 
@@ -31,8 +33,10 @@ def _check_same_length(**arrays: np.ndarray) -> int:
     return next(iter(sizes.values()))
 
 
-def _accuracy(margin: np.ndarray) -> float | None:
-    # A tie counts as wrong, as in rlhf_rm.metrics.pair_metrics; None when there are no pairs.
+def margin_accuracy(margin: np.ndarray) -> float | None:
+    """Pair accuracy: the share of pairs whose chosen reward is strictly above the rejected one (a tie
+    counts as wrong); None when there are no pairs. The one definition used by every metric and report."""
+    margin = np.asarray(margin, dtype=np.float64)
     return float((margin > 0).mean()) if margin.size else None
 
 
@@ -109,14 +113,14 @@ def length_bias(chosen: Sequence[float], rejected: Sequence[float], chosen_lengt
         members = (pair_length >= low) & (pair_length < high)
         if members.any():
             buckets.append({"low": int(low), "high": None if high == math.inf else int(high),
-                            "pairs": int(members.sum()), "accuracy": _accuracy(margin[members])})
+                            "pairs": int(members.sum()), "accuracy": margin_accuracy(margin[members])})
     return {
         "reward_length_correlation": pearson(np.concatenate([chosen, rejected]),
                                              np.concatenate([chosen_lengths, rejected_lengths])),
         "shorter_chosen_pairs": int(shorter.sum()),
-        "shorter_chosen_accuracy": _accuracy(margin[shorter]),
+        "shorter_chosen_accuracy": margin_accuracy(margin[shorter]),
         "longer_chosen_pairs": int(longer.sum()),
-        "longer_chosen_accuracy": _accuracy(margin[longer]),
+        "longer_chosen_accuracy": margin_accuracy(margin[longer]),
         "by_length_bucket": buckets,
     }
 
@@ -126,7 +130,7 @@ def reward_stats(chosen: Sequence[float], rejected: Sequence[float]) -> dict:
     margin = chosen - rejected
     return {
         "pairs": int(chosen.size),
-        "accuracy": _accuracy(margin),
+        "accuracy": margin_accuracy(margin),
         "mean_margin": float(margin.mean()) if margin.size else None,
         "chosen_mean": float(chosen.mean()) if chosen.size else None,
         "chosen_std": float(chosen.std()) if chosen.size else None,
@@ -143,7 +147,7 @@ def accuracy_by_source(chosen: Sequence[float], rejected: Sequence[float], sourc
     members: dict[str, list[int]] = defaultdict(list)
     for i, source in enumerate(sources):
         members[source].append(i)
-    return {source: {"pairs": len(rows), "accuracy": _accuracy(margin[rows])} for source, rows in members.items()}
+    return {source: {"pairs": len(rows), "accuracy": margin_accuracy(margin[rows])} for source, rows in members.items()}
 
 
 def worst_pairs(chosen: Sequence[float], rejected: Sequence[float], k: int = 10,

@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+import rlhf_rm.config  # noqa: F401  (registers the config schemas with Hydra)
 from rlhf_rm.data import load_pairs
 from rlhf_rm.data.load import normalize_source
 from rlhf_rm.diagnostics import diagnose
@@ -341,7 +342,7 @@ def evaluate(cfg: DictConfig, report_dir: Path) -> dict:
     return report
 
 
-@hydra.main(config_path="../conf", config_name="evaluate", version_base=None)
+@hydra.main(config_path="pkg://rlhf_rm.conf", config_name="evaluate", version_base=None)
 def main(cfg: DictConfig) -> None:
     evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
 

@@ -1,11 +1,17 @@
-"""Evaluation metrics on scored preference groups: pairs, soft/tie labels and rankings."""
+"""Evaluation metrics on scored preference groups: pairs, soft/tie labels and rankings.
+
+Pair and per-source accuracy come from rlhf_rm.diagnostics (one definition each), so the trainer's dev
+metrics, its diagnostics.json and the `rlhf_rm.evaluate` report agree by construction.
+"""
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from dataclasses import dataclass, field
 
 import torch
+
+from rlhf_rm.diagnostics import accuracy_by_source, diagnose, margin_accuracy
 
 # A tie counts as recognised when the model's preference probability σ(Δ) is within this of 0.5.
 TIE_TOLERANCE = 0.1
@@ -17,7 +23,7 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, floa
     margin = chosen - rejected
     everything = torch.cat([chosen, rejected])
     return {
-        "accuracy": float((margin > 0).double().mean()),
+        "accuracy": margin_accuracy(margin.numpy()),
         "mean_margin": float(margin.mean()),
         "reward_mean": float(everything.mean()),
         "reward_std": float(everything.std(unbiased=False)),
@@ -52,15 +58,12 @@ def kendall_tau(human_ranks: list, scores: list) -> float:
 def group_metrics(groups, scores: list[list[float]]) -> dict[str, float]:
     """Metrics per data shape, plus per-source pair accuracy. `scores[i]` are group i's rewards."""
     out: dict[str, float] = {}
-    hard = [(g, s) for g, s in zip(groups, scores) if g.kind == "pair" and g.probability != 0.5]
+    hard = hard_pairs(groups, scores)
     soft = [(g, s) for g, s in zip(groups, scores) if g.kind == "pair"]
     rankings = [(g, s) for g, s in zip(groups, scores) if g.kind == "ranking"]
-    if hard:
-        # For a soft label p < 0.5 the second response is the preferred one.
-        first = torch.tensor([s[0] if g.probability > 0.5 else s[1] for g, s in hard])
-        second = torch.tensor([s[1] if g.probability > 0.5 else s[0] for g, s in hard])
-        out.update(pair_metrics(first, second))
-    if soft and len(soft) != len(hard):
+    if hard.chosen:
+        out.update(pair_metrics(torch.tensor(hard.chosen), torch.tensor(hard.rejected)))
+    if soft and len(soft) != len(hard.chosen):
         correct, agreement = [], []
         for g, s in soft:
             p_model = 1 / (1 + math.exp(-(s[0] - s[1])))
@@ -84,13 +87,44 @@ def group_metrics(groups, scores: list[list[float]]) -> dict[str, float]:
         if "reward_mean" not in out:
             flat = torch.tensor([v for _, s in rankings for v in s], dtype=torch.float64)
             out["reward_mean"], out["reward_std"] = float(flat.mean()), float(flat.std(unbiased=False))
-    by_source = defaultdict(list)
-    for g, s in hard:
-        by_source[g.source].append((s[0] > s[1]) == (g.probability > 0.5))
+    by_source = accuracy_by_source(hard.chosen, hard.rejected, hard.sources) if hard.chosen else {}
     if len(by_source) > 1:
-        for source, hits in by_source.items():
-            out[f"accuracy/{source}"] = sum(hits) / len(hits)
+        for source, row in by_source.items():
+            out[f"accuracy/{source}"] = row["accuracy"]
     return out
+
+
+@dataclass
+class HardPairs:
+    """The pairs with a preferred side (soft labels p != 0.5), oriented preferred-first."""
+
+    chosen: list = field(default_factory=list)
+    rejected: list = field(default_factory=list)
+    chosen_lengths: list = field(default_factory=list)  # response tokens (after truncation: what was scored)
+    rejected_lengths: list = field(default_factory=list)
+    sources: list = field(default_factory=list)
+    ids: list = field(default_factory=list)  # the group's index, as a string
+
+    def diagnose(self, **options) -> dict:
+        """rlhf_rm.diagnostics.diagnose on these pairs (length bias, calibration, worst pairs, per source)."""
+        return diagnose(self.chosen, self.rejected, self.chosen_lengths, self.rejected_lengths,
+                        sources=self.sources, ids=self.ids, **options)
+
+
+def hard_pairs(groups, scores: list[list[float]]) -> HardPairs:
+    """Scored pair groups with a preferred side; for a soft label p < 0.5 the second response is preferred."""
+    pairs = HardPairs()
+    for index, (group, score) in enumerate(zip(groups, scores)):
+        if group.kind != "pair" or group.probability == 0.5:
+            continue
+        first, second = (0, 1) if group.probability > 0.5 else (1, 0)
+        pairs.chosen.append(score[first])
+        pairs.rejected.append(score[second])
+        pairs.chosen_lengths.append(len(group.response_ids[first]))
+        pairs.rejected_lengths.append(len(group.response_ids[second]))
+        pairs.sources.append(group.source or "data")
+        pairs.ids.append(str(index))
+    return pairs
 
 
 HEADLINE_KEYS = ("accuracy", "mean_margin", "tie_aware_accuracy", "ranking_top1_accuracy", "ranking_kendall_tau")

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_rm.batching.collate import collate
 from rlhf_rm.batching.tokenize import EncodedGroup, ResponseEncoder
 from rlhf_rm.data.examples import Text
 from rlhf_rm.model import load_reward_model, load_tokenizer, read_metadata
 from rlhf_rm.rendering import RenderingSpec
+from rlhf_rm.training.steps import score_groups
 
 logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -77,7 +77,6 @@ class RewardScorer:
         scores, spreads = self.score_groups_with_spread(encoded)
         return [s[0] for s in scores], None if spreads is None else [s[0] for s in spreads]
 
-    @torch.no_grad()
     def score_groups_with_spread(self, groups: list[EncodedGroup]) -> tuple[list[list[float]], list | None]:
         """Rewards of every response of every group. A group of n responses to one prompt is one row of the
         prefix-shared layout (the prompt computed once, exact: each response sees what it would alone);
@@ -87,28 +86,15 @@ class RewardScorer:
         singles = [i for i, g in enumerate(groups) if len(g.response_ids) == 1]
         shared = [i for i, g in enumerate(groups) if len(g.response_ids) > 1]
         for indices, layout in ((singles, "separate"), (shared, "prefix_shared")):
-            for chunk in self._chunks(indices, groups):
-                batch = collate([groups[i] for i in chunk], self.tokenizer.pad_token_id, layout=layout)
-                heads = self.model(**{k: v.to(self.device) for k, v in batch.model_inputs().items()}).float().cpu()
-                if heads.ndim == 2:  # an ensemble: the reward is the heads' mean, their spread its uncertainty
-                    spread, mask = batch.per_group(heads.std(dim=1, unbiased=False))
-                    for row, index in enumerate(chunk):
-                        spreads[index] = spread[row][mask[row]].tolist()
-                    heads = heads.mean(dim=1)
-                matrix, mask = batch.per_group(heads)
-                for row, index in enumerate(chunk):
-                    scores[index] = matrix[row][mask[row]].tolist()
+            if not indices:
+                continue
+            result = score_groups(self.model, [groups[i] for i in indices], self.tokenizer.pad_token_id,
+                                  layout=layout, tokens_per_batch=self.tokens_per_batch, device=self.device)
+            for position, index in enumerate(indices):
+                scores[index] = result.rewards[position]
+                if spreads is not None:
+                    spreads[index] = result.spreads[position]
         return scores, spreads
-
-    def _chunks(self, indices: list[int], groups: list[EncodedGroup]):
-        order = sorted(indices, key=lambda i: groups[i].shared_length())
-        start = 0
-        while start < len(order):
-            end = start + 1
-            while end < len(order) and (end - start + 1) * groups[order[end]].shared_length() <= self.tokens_per_batch:
-                end += 1
-            yield order[start:end]
-            start = end
 
     def score_group(self, prompt: Text, responses: list[Text]) -> list[ScoredText]:
         """n responses to one prompt in one prefix-shared forward; equal to scoring each text alone."""

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+
+# The `logger` group's backends (conf/logger/<name>.yaml sets `backend`); rlhf_rm.config.LoggerConfig.
+TRACKING_BACKENDS = ("wandb", "none")
 
 
 class RunTracker:
-    def __init__(self, logger_config: dict | None, run_dir: str, config: dict, name: str | None = None):
+    def __init__(self, logger_config, run_dir: str, config: dict, name: str | None = None):
+        """logger_config: a LoggerConfig, a mapping with the same keys, or None (no tracking)."""
         self.run = None
-        if not logger_config or logger_config.get("backend") != "wandb":
+        if dataclasses.is_dataclass(logger_config):
+            logger_config = dataclasses.asdict(logger_config)
+        backend = (logger_config or {}).get("backend", "none")
+        if backend not in TRACKING_BACKENDS:
+            raise ValueError(f"logger backend {backend!r}; choose one of {list(TRACKING_BACKENDS)}")
+        if backend != "wandb":
             return
         import wandb
 
         mode = logger_config.get("mode") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-        self.run = wandb.init(project=logger_config.get("project", "rlhf_rm"), mode=mode, dir=run_dir,
+        self.run = wandb.init(project=logger_config.get("project") or "rlhf_rm", mode=mode, dir=run_dir,
                               config=config, name=name, reinit="finish_previous")
 
     def log(self, metrics: dict, step: int | None = None) -> None:

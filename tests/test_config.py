@@ -1,24 +1,26 @@
-"""Every YAML under conf/ composes, and config mistakes stop the run before any worker starts."""
+"""Every YAML under rlhf_rm/conf composes against the typed schemas, config mistakes stop the run before any
+worker starts, and the shipped config is found through the package."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from conftest import SHARED_DATA
+from rlhf_rm.config import GROUP_SCHEMAS, ConfigError, TrainConfig, conf_dir, settings_from
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-TRAIN_GROUPS = ("model", "data", "loss", "trainer", "deepspeed", "logger", "experiment")
+CONF = conf_dir()
+TRAIN_GROUPS = ("model", "data", "loss", "trainer", "batching", "deepspeed", "logger", "experiment")
 
 
-def compose(overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+def compose(overrides, config_name: str = "config"):
+    """The shipped config composed like the command line does (old trainer.layout=... names included)."""
+    from rlhf_rm.config import compose as compose_config
 
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        return hydra_compose(config_name="config", overrides=overrides)
+    return compose_config(overrides, config_name)
 
 
 def all_options():
@@ -29,11 +31,39 @@ def all_options():
 @pytest.mark.parametrize("group,option", all_options())
 def test_every_yaml_composes(group, option):
     if group in TRAIN_GROUPS:
-        cfg = compose([f"{group}={option}"])
-        OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
-        assert cfg.loss.name and cfg.data.train
-    else:  # groups read by other entry points (serve, sweeps) must still be valid YAML mappings
-        assert isinstance(OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml")), dict)
+        settings = settings_from(compose([f"{group}={option}"]))  # typed, interpolations resolved, validated
+        assert isinstance(settings, TrainConfig) and settings.loss["name"] and settings.data.train
+    else:  # the serving pool reads its YAML into its own dataclass
+        from rlhf_rm.serve.config import ServeConfig
+
+        values = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"))
+        fields = {f.name for f in dataclasses.fields(ServeConfig)}
+        assert isinstance(values, dict) and set(values) <= fields, set(values) - fields
+
+
+def test_every_group_has_one_schema_and_every_schema_a_group():
+    assert {p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_")} == set(GROUP_SCHEMAS)
+
+
+def test_evaluate_yaml_composes():
+    cfg = compose(["checkpoint=/ckpt"], config_name="evaluate")
+    assert cfg.checkpoint == "/ckpt" and cfg.report.bins == 10 and cfg.data.on_error == "raise"
+
+
+def test_conf_is_found_through_the_installed_package():
+    """rlhf_rm.conf is package data (importlib.resources), not a path relative to the repository."""
+    import importlib.resources
+
+    import rlhf_rm
+
+    assert CONF == Path(str(importlib.resources.files("rlhf_rm.conf")))
+    assert CONF.parent == Path(rlhf_rm.__file__).parent and (CONF / "config.yaml").is_file()
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    shipped = pyproject["tool"]["setuptools"]["package-data"]["rlhf_rm.conf"]
+    yaml_files = {p.relative_to(CONF) for p in CONF.rglob("*.yaml")}
+    assert all(any(p.match(pattern) for pattern in shipped) for p in yaml_files)
 
 
 def test_loss_names_in_conf_match_registry():
@@ -44,9 +74,45 @@ def test_loss_names_in_conf_match_registry():
         build_loss(OmegaConf.to_container(OmegaConf.load(path)))
 
 
+def test_defaults_live_in_code_and_yaml_only_sets_values():
+    """The trainer and batching YAML set nothing: their values are the dataclasses' defaults, which are
+    the values the YAML used to hold (log_every 5, betas (0.9, 0.95), ...)."""
+    settings = settings_from(compose([]))
+    assert settings.trainer.log_every == 5 and tuple(settings.trainer.betas) == (0.9, 0.95)
+    assert settings.batching.layout == "prefix_shared" and settings.batching.tokens_per_worker == 2048
+    for group in ("trainer", "batching"):
+        assert not OmegaConf.load(CONF / group / "default.yaml")
+
+
 def test_cli_overrides_compose_like_hydra_users_expect():
-    cfg = compose(["trainer.num_workers=2", "loss=regularized", "data.limit=256"])
+    cfg = compose(["trainer.num_workers=2", "loss=regularized", "data.limit=256", "trainer.betas=[0.8,0.99]"])
     assert (cfg.trainer.num_workers, cfg.loss.name, cfg.data.limit) == (2, "regularized", 256)
+    assert list(cfg.trainer.betas) == [0.8, 0.99]
+    # Batching settings moved to their own group; the old names still work on the command line.
+    cfg = compose(["trainer.layout=separate", "trainer.tokens_per_worker=1024", "batching.attention=sdpa"])
+    assert (cfg.batching.layout, cfg.batching.tokens_per_worker) == ("separate", 1024)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.lrr=1", "trainer.lrr"),  # a misspelt key stops composition
+    ("trainer.epochs=one", "epochs"),  # so does a wrong type
+])
+def test_unknown_keys_and_wrong_types_fail_at_composition(override, message):
+    with pytest.raises(Exception, match=message):
+        compose([override])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("batching.layout=padded", "batching.layout='padded'"),
+    ("trainer.resume=sometimes", "trainer.resume"),
+    ("trainer.betas=[0.9]", "trainer.betas"),
+    ("batching.attention=flex", "needs batching.layout=prefix_shared"),
+    ("+loss.coefficent=0.1", "loss="),
+])
+def test_invalid_settings_fail_at_start_up(override, message):
+    overrides = [override] + (["batching.layout=separate"] if "flex" in override else [])
+    with pytest.raises(ConfigError, match=message):
+        settings_from(compose(overrides))
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "oasst-ranked").exists(), reason="shared data not present")
@@ -60,3 +126,12 @@ def test_loss_data_mismatch_fails_before_training(tmp_path, tiny_backbone):
     with pytest.raises(LossDataMismatch, match="plackett_luce"):
         run(cfg, tmp_path)
     assert not ray.is_initialized()  # nothing was launched
+
+
+def test_settings_built_in_code_are_resolved_and_validated():
+    from rlhf_rm.config import BatchingConfig, DataConfig
+
+    settings = settings_from(TrainConfig(data=DataConfig(train="pairs.jsonl")))
+    assert "${" not in settings.run_name and settings.trainer.log_every == 5
+    with pytest.raises(ConfigError, match="batching.tokens_per_worker=0"):
+        settings_from(TrainConfig(data=DataConfig(train="pairs.jsonl"), batching=BatchingConfig(tokens_per_worker=0)))

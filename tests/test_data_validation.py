@@ -9,7 +9,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from omegaconf import OmegaConf
 
 from conftest import FIXTURES
 from rlhf_rm.data import DataError, load_examples, load_pairs
@@ -240,15 +239,23 @@ def test_identity_with_split_and_converter_rows(tmp_path):
 
 # -- prepare_split: summary, overlap against dev, tokenization cache ---------------------------
 def data_cfg(train, dev, **overrides):
-    base = {"train": train, "dev": dev, "limit": None, "dev_limit": None, "max_length": 64, "append_eos": True,
-            "prompt_separator": "\n\nAssistant:", "on_error": "skip", "max_row_bytes": 10485760, "dedupe": True,
-            "drop_dev_overlap": False, "cache": True}
-    return OmegaConf.create({**base, **overrides})
+    from rlhf_rm.config import DataConfig
+
+    return DataConfig(**{"train": train, "dev": dev, "max_length": 64, "on_error": "skip", **overrides})
+
+
+def prepare(cfg, encoder, run_dir, split="train"):
+    """(groups, summary) of rlhf_rm.prepare.prepare_split's PreparedSplit."""
+    from rlhf_rm.prepare import prepare_split
+
+    prepared = prepare_split(cfg, encoder, run_dir, split, seed=0)
+    assert prepared.name == split and prepared.count == len(prepared.groups)
+    return prepared.groups, prepared.summary
 
 
 def test_prepare_split_caches_groups_and_summary(tmp_path, monkeypatch, tiny_tokenizer):
     from rlhf_rm.batching.tokenize import ResponseEncoder
-    from rlhf_rm.train import format_data_summary, prepare_split
+    from rlhf_rm.prepare import format_data_summary
 
     monkeypatch.setenv("RLHF_RM_CACHE", str(tmp_path / "cache"))
     train = tmp_path / "train.jsonl"
@@ -257,7 +264,7 @@ def test_prepare_split_caches_groups_and_summary(tmp_path, monkeypatch, tiny_tok
     cfg = data_cfg(str(train), str(dev))
     encoder = ResponseEncoder(tiny_tokenizer, max_length=64)
 
-    groups, summary = prepare_split(cfg.train, cfg, encoder, tmp_path / "run1", "train", None, 0)
+    groups, summary = prepare(cfg, encoder, tmp_path / "run1")
     assert summary["cache"]["hit"] is False
     assert summary["rows_read"] == 40 + 17 and summary["used"] == 44 and summary["quarantined"] == 12
     assert summary["deduplicated"] == 1 and summary["groups"] == len(groups) == 44
@@ -266,7 +273,7 @@ def test_prepare_split_caches_groups_and_summary(tmp_path, monkeypatch, tiny_tok
     assert "57 rows read, 44 used" in text and "12 quarantined, 1 deduplicated" in text
     assert "'empty prompt': 2" in text and "tokenized cache: written" in text
 
-    again, cached = prepare_split(cfg.train, cfg, encoder, tmp_path / "run2", "train", None, 0)
+    again, cached = prepare(cfg, encoder, tmp_path / "run2")
     assert cached["cache"]["hit"] is True
     assert again == groups
     strip = lambda s: {k: v for k, v in s.items() if k not in ("cache", "sources")}  # noqa: E731
@@ -279,19 +286,18 @@ def test_prepare_split_caches_groups_and_summary(tmp_path, monkeypatch, tiny_tok
     assert Path(restored).read_text() == Path(first["quarantine_file"]).read_text()
 
     # Anything the tokens depend on changes the key: here max_length.
-    _, other = prepare_split(cfg.train, cfg, ResponseEncoder(tiny_tokenizer, max_length=80),
-                             tmp_path / "run3", "train", None, 0)
+    _, other = prepare(cfg, ResponseEncoder(tiny_tokenizer, max_length=80), tmp_path / "run3")
     assert other["cache"]["hit"] is False
     # And so does the data itself.
     with open(train, "a") as handle:
         handle.write(json.dumps({"prompt": "new", "chosen": " a", "rejected": " b"}) + "\n")
-    _, changed = prepare_split(cfg.train, cfg, encoder, tmp_path / "run4", "train", None, 0)
+    _, changed = prepare(cfg, encoder, tmp_path / "run4")
     assert changed["cache"]["hit"] is False and changed["used"] == 45
 
 
 def test_prepare_split_reports_and_drops_dev_overlap(tmp_path, monkeypatch, tiny_tokenizer):
     from rlhf_rm.batching.tokenize import ResponseEncoder
-    from rlhf_rm.train import format_data_summary, prepare_split
+    from rlhf_rm.prepare import format_data_summary
 
     monkeypatch.setenv("RLHF_RM_CACHE", str(tmp_path / "cache"))
     train = tmp_path / "train.jsonl"
@@ -300,21 +306,20 @@ def test_prepare_split_reports_and_drops_dev_overlap(tmp_path, monkeypatch, tiny
     encoder = ResponseEncoder(tiny_tokenizer, max_length=64)
     for cache in (True, False):
         cfg = data_cfg(str(train), str(FIXTURES / "hh_dev_small.jsonl"), cache=cache)
-        groups, summary = prepare_split(cfg.train, cfg, encoder, tmp_path / "run", "train", None, 0)
+        groups, summary = prepare(cfg, encoder, tmp_path / "run")
         assert (summary["dev_overlap"], summary["dropped_dev_overlap"], len(groups)) == (3, 0, 43)
         assert "dev overlap: 3 train examples also appear in dev (kept" in format_data_summary("train", summary)
         cfg.drop_dev_overlap = True
-        groups, summary = prepare_split(cfg.train, cfg, encoder, tmp_path / "run", "train", None, 0)
+        groups, summary = prepare(cfg, encoder, tmp_path / "run")
         assert (summary["dev_overlap"], summary["dropped_dev_overlap"], len(groups)) == (3, 3, 40)
         assert summary["rows_read"] == 43 == summary["used"] + summary["dropped_dev_overlap"]
 
 
 def test_prepare_split_raise_names_file_and_line(tmp_path, monkeypatch, tiny_tokenizer):
     from rlhf_rm.batching.tokenize import ResponseEncoder
-    from rlhf_rm.train import prepare_split
-
+    
     monkeypatch.setenv("RLHF_RM_CACHE", str(tmp_path / "cache"))
     cfg = data_cfg(str(MIXED), None, on_error="raise")
     with pytest.raises(DataError, match=rf"{MIXED}:2: invalid JSON"):
-        prepare_split(cfg.train, cfg, ResponseEncoder(tiny_tokenizer, max_length=64), tmp_path, "train", None, 0)
+        prepare(cfg, ResponseEncoder(tiny_tokenizer, max_length=64), tmp_path)
     assert not list((tmp_path / "cache").glob("**/*.arrow"))  # nothing cached for a failed load

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
+from rlhf_rm.config import conf_dir
 from rlhf_rm.diagnostics import calibration, diagnose, length_bias, pearson, worst_pairs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,16 +123,14 @@ def test_report_folder_from_tiny_checkpoint(tmp_path, tiny_checkpoint):
     assert f"| accuracy | {report['rewards']['accuracy']:.3f} |" in markdown
 
 
-@pytest.mark.parametrize("data", sorted(p.stem for p in (REPO / "conf" / "data").glob("*.yaml")))
+@pytest.mark.parametrize("data", sorted(p.stem for p in (conf_dir() / "data").glob("*.yaml")))
 def test_evaluate_config_composes_with_every_data_group(data):
     """`python -m rlhf_rm.evaluate CKPT data=<group>` evaluates that group's dev sources."""
-    from hydra import compose, initialize_config_dir
-
+    from rlhf_rm.config import compose
     from rlhf_rm.evaluate import checkpoint_argument_to_override, dev_sources
 
     argv = checkpoint_argument_to_override(["evaluate", "/ckpt", f"data={data}"])
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose(config_name="evaluate", overrides=argv[1:])
+    cfg = compose(argv[1:], config_name="evaluate")
     assert cfg.checkpoint == "/ckpt"
     sources = dev_sources(cfg.data.dev)
     assert sources and all(Path(spec["path"]).is_absolute() and spec["as_pairs"] for _, spec in sources)

@@ -100,7 +100,7 @@ def test_ray_train_on_pairs_and_rankings_with_combo(tmp_path, tiny_backbone):
                    f"{{path:{oasst},format:oasst_trees,split:train,name:oasst}}]",
                    f"data.dev=[{FIXTURES / 'hh_dev_small.jsonl'},{{path:{oasst},format:oasst_trees,split:dev,name:oasst}}]",
                    "data.limit=12", "data.max_length=128", "trainer.epochs=4", "trainer.lr=2e-3",
-                   "trainer.tokens_per_worker=800", "trainer.log_every=1", "logger=none",
+                   "batching.tokens_per_worker=800", "trainer.log_every=1", "logger=none",
                    f"trainer.storage_path={tmp_path / 'ray'}", "ray.num_cpus=2"])
     import ray
 

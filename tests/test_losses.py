@@ -137,7 +137,9 @@ def test_stable_at_huge_margins(name):
 def test_every_registered_loss_has_a_conf_file():
     from pathlib import Path
 
-    conf = Path(__file__).resolve().parents[1] / "conf" / "loss"
+    from rlhf_rm.config import conf_dir
+
+    conf = Path(conf_dir()) / "loss"
     assert {p.stem for p in conf.glob("*.yaml")} == set(LOSSES)
 
 

@@ -88,20 +88,17 @@ def ray_local():
 
 
 def stream_config(train, on_error="skip"):
-    from omegaconf import OmegaConf
+    from rlhf_rm.config import DataConfig
 
-    return OmegaConf.create({"train": str(train), "dev": None, "limit": None, "prompt_separator": "\n\nAssistant:",
-                             "on_error": on_error, "max_row_bytes": None, "dedupe": True, "drop_dev_overlap": False,
-                             "cache": True, "streaming": True, "rows_per_unit": 8})
+    return DataConfig(train=str(train), on_error=on_error, streaming=True, rows_per_unit=8, max_length=256)
 
 
 def test_streamed_split_accounts_for_every_row(tmp_path, monkeypatch, tiny_backbone, tiny_tokenizer, ray_local):
     """Slices of 8 lines prepared by a Ray Data actor pool: bad rows quarantined with file:line, repeats in
     later slices removed (first occurrence kept), rows in = used + quarantined + deduplicated, the shards
     hold exactly the kept examples, a second run reuses them, and on_error=raise names the first bad row."""
-    from rlhf_rm.batching.tokenize import ResponseEncoder
     from rlhf_rm.data.load import DataError
-    from rlhf_rm.train import format_data_summary, prepare_streamed_train
+    from rlhf_rm.prepare import build_encoder, format_data_summary, prepare_streamed_train
 
     monkeypatch.setenv("RLHF_RM_CACHE", str(tmp_path / "cache"))
     lines = TRAIN.read_text().splitlines()
@@ -111,10 +108,11 @@ def test_streamed_split_accounts_for_every_row(tmp_path, monkeypatch, tiny_backb
     body = lines[:12] + bad[:1] + lines[12:30] + [lines[2], lines[3]] + bad[1:] + lines[30:] + [lines[2], lines[20],
                                                                                                    lines[39], lines[0]]
     data.write_text("\n".join(body) + "\n")
-    encoder = ResponseEncoder(tiny_tokenizer, max_length=256)
+    encoder = build_encoder(tiny_tokenizer, stream_config(data))
 
-    streamed = prepare_streamed_train(stream_config(data), encoder, tiny_backbone, tmp_path / "run", workers=2)
-    summary = streamed.summary
+    prepared = prepare_streamed_train(stream_config(data), encoder, tiny_backbone, tmp_path / "run", workers=2)
+    streamed, summary = prepared.streamed, prepared.summary
+    assert prepared.groups is None and prepared.count == 40 and prepared.kinds == {"pair"}
     print(format_data_summary("train", summary))
     assert summary["units"] == 6 and summary["cache"]["hit"] is False
     assert summary["rows_read"] == len(body) == 48
@@ -142,18 +140,15 @@ def test_streamed_split_accounts_for_every_row(tmp_path, monkeypatch, tiny_backb
 def test_streamed_two_worker_run_trains(tmp_path, monkeypatch, tiny_backbone, ray_local):
     """data.streaming=true end to end: shards → Ray Data → get_dataset_shard on 2 DDP workers → steps over
     several epochs that lower the loss, then the usual checkpoint and dev metrics; trainer.max_steps stops it."""
-    from hydra import compose, initialize_config_dir
-
+    from rlhf_rm.config import compose
     from rlhf_rm.train import run
 
     monkeypatch.setenv("RLHF_RM_CACHE", str(tmp_path / "cache"))
     overrides = [f"model.path={tiny_backbone}", f"data.train={TRAIN}", f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}",
                  "data.streaming=true", "data.rows_per_unit=10", "trainer.num_workers=2",
-                 "trainer.tokens_per_worker=1200", "trainer.lr=2e-3", "trainer.warmup_ratio=0", "trainer.log_every=1",
+                 "batching.tokens_per_worker=1200", "trainer.lr=2e-3", "trainer.warmup_ratio=0", "trainer.log_every=1",
                  "trainer.epochs=6", "trainer.max_steps=20", "logger=none", f"trainer.storage_path={tmp_path / 'ray'}"]
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
-        cfg = compose(config_name="config", overrides=overrides)
-    metrics = run(cfg, tmp_path / "run")
+    metrics = run(compose(overrides), tmp_path / "run")
     assert metrics["data"]["train"]["units"] == 4 and metrics["data"]["train"]["used"] == 40
     assert metrics["train_steps"] == 20  # 6 epochs would be more: max_steps stops the run
     log = json.loads((Path(metrics["checkpoint"]) / "rlhf_rm.json").read_text())["metrics_log"]

@@ -12,7 +12,6 @@ import torch
 
 from conftest import FIXTURES
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +25,13 @@ def ray_cluster():
     ray.shutdown()
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        return hydra_compose(config_name="config", overrides=overrides)
-
-
 def train_tiny(tmp_path, backbone, extra: list[str]):
+    from rlhf_rm.config import compose
     from rlhf_rm.train import run
 
     cfg = compose([f"model.path={backbone}", f"data.train={FIXTURES / 'hh_train_small.jsonl'}",
                    f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}", "trainer.num_workers=2",
-                   "trainer.tokens_per_worker=1200", "trainer.lr=2e-3", "trainer.warmup_ratio=0",
+                   "batching.tokens_per_worker=1200", "trainer.lr=2e-3", "trainer.warmup_ratio=0",
                    "trainer.log_every=1", "logger=none", f"trainer.storage_path={tmp_path / 'ray'}", *extra])
     return run(cfg, tmp_path / "run")
 
@@ -115,7 +107,7 @@ def test_killed_worker_resumes_from_checkpoint_without_repeating_data(tmp_path, 
     def target():
         try:
             outcome["metrics"] = train_tiny(tmp_path, tiny_backbone, [
-                "trainer.epochs=6", "trainer.tokens_per_worker=500", "trainer.checkpoint_every=3",
+                "trainer.epochs=6", "batching.tokens_per_worker=500", "trainer.checkpoint_every=3",
                 "trainer.max_failures=1", "run_name=killed"])
         except BaseException as exc:  # surfaced by the assertion below
             outcome["error"] = exc

@@ -60,6 +60,13 @@ class DataReport:
                 "quarantined": sum(self.quarantined.values()),
                 "quarantined_by_reason": dict(self.quarantined), "quarantine_file": self.quarantine_file}
 
+    def add(self, other: "DataReport") -> None:
+        """Add another report's counts to this one (several slices or sources of one split)."""
+        for name in self.__dataclass_fields__:
+            if name not in ("quarantined", "quarantine_file"):
+                setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.quarantined.update(other.quarantined)
+
     @classmethod
     def from_dict(cls, counts: dict) -> "DataReport":
         fields = {k: v for k, v in counts.items() if k in cls.__dataclass_fields__ and k != "quarantined"}

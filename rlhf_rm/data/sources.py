@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses
 from rlhf_rm.data.formats import RowError, parse_row
-from rlhf_rm.data.readers import DEFAULT_MAX_ROW_BYTES, RawRow, expand_paths, read_rows
+from rlhf_rm.data.readers import RawRow, expand_paths, read_rows
 
 FORMATS = ("preference", "oasst_trees", "qa_feedback", "conala_grades")
 PREFERENCE_COLUMNS = (("chosen", "rejected"), ("responses", "ranks"))  # Parquet layouts the preference format reads
@@ -52,10 +52,10 @@ def iter_source(spec: dict) -> Iterator[SourceItem]:
 
 
 def _iter_file(spec: dict, path: Path, part) -> Iterator[SourceItem]:
-    fmt = spec.get("format", "preference")
-    max_row_bytes = spec.get("max_row_bytes") or DEFAULT_MAX_ROW_BYTES
+    """spec: a source as load.normalize_source completes it, plus the loader's prompt_separator and max_row_bytes."""
+    fmt, max_row_bytes = spec["format"], spec["max_row_bytes"]
     if fmt == "preference":
-        separator = spec.get("prompt_separator", "\n\nAssistant:")
+        separator = spec["prompt_separator"]
         for row in read_rows(path, max_row_bytes, expect_columns=PREFERENCE_COLUMNS, part=part):
             if row.error is not None:
                 yield _unreadable(row)

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "serve" / "default.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "serve" / "default.yaml"
 
 
 @dataclass

@@ -17,19 +17,20 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rlhf_rm.batching.arrow import groups_to_table
 from rlhf_rm.batching.collate import LAYOUTS
+from rlhf_rm.batching.planner import row_length
+from rlhf_rm.config import DataConfig
 from rlhf_rm.data.load import DataError, DataReport, example_key, load_examples
 from rlhf_rm.data.readers import Part, expand_paths, plan_parts
+from rlhf_rm.prepare.summary import split_summary
 
 MANIFEST = "manifest.json"
-_SUMMARY_COUNTS = ("rows_read", "used", "examples", "other_split", "without_comparison", "deduplicated",
-                   "duplicate_examples", "dev_overlap", "dropped_dev_overlap", "ties")
 
 
 @dataclass
@@ -75,11 +76,11 @@ def plan_units(specs: list[dict], rows_per_unit: int) -> list[dict]:
     """One unit per file slice, in source and file order (the order repeats are judged in)."""
     units = []
     for spec in specs:
-        if spec.get("format", "preference") != "preference":
+        if spec["format"] != "preference":
             raise ValueError(f"data.streaming=true reads the 'preference' format (rows of pairs or rankings); "
                              f"source {spec['name']!r} is {spec['format']!r}, whose files are small: "
                              f"set data.streaming=false for it")
-        if float(spec.get("weight", 1.0)) != 1.0:
+        if float(spec["weight"]) != 1.0:
             raise ValueError(f"source {spec['name']!r}: weights are not applied when streaming "
                              f"(data.streaming=true); give each source weight 1.0")
         for path in expand_paths(spec["path"]):
@@ -96,12 +97,12 @@ class PrepareUnits:
     """Ray Data callable class: the tokenizer is loaded once per actor, then each unit is read, validated,
     encoded and written as `unit_NNNNN.parquet` in the entry directory."""
 
-    def __init__(self, backbone_path: str, max_length: int, append_eos: bool, options: dict, out_dir: str,
+    def __init__(self, backbone_path: str, data: DataConfig, options: dict, out_dir: str,
                  dev_keys: list[str] | None):
-        from rlhf_rm.batching.tokenize import ResponseEncoder
         from rlhf_rm.model import load_tokenizer
+        from rlhf_rm.prepare.split import build_encoder
 
-        self.encoder = ResponseEncoder(load_tokenizer(backbone_path), max_length=max_length, append_eos=append_eos)
+        self.encoder = build_encoder(load_tokenizer(backbone_path), data)
         self.options = options
         self.out_dir = Path(out_dir)
         self.dev_keys = frozenset(dev_keys) if dev_keys else None
@@ -113,9 +114,6 @@ class PrepareUnits:
     def prepare(self, unit: dict) -> dict:
         import pyarrow as pa
         import pyarrow.parquet as pq
-
-        from rlhf_rm.batching.planner import row_length
-        from rlhf_rm.data.token_cache import groups_to_table
 
         index = unit["index"]
         spec = {**unit["spec"], "path": unit["path"], "part": Part(**unit["part"]) if unit["part"] else None}
@@ -148,10 +146,10 @@ class PrepareUnits:
 
 
 # -- the whole split (driver) ---------------------------------------------------------------------------
-def prepare_streamed_split(specs: list[dict], data_cfg, backbone_path: str, encoder, run_dir: Path, entry: Path,
+def prepare_streamed_split(specs: list[dict], data: DataConfig, backbone_path: str, run_dir: Path, entry: Path,
                            dev_keys: frozenset | None, workers: int, reuse: bool = True) -> StreamedSplit:
     """Prepare (or, with `reuse`, find already prepared in `entry`) the shards of a streamed split."""
-    if data_cfg.get("limit") is not None:
+    if data.limit is not None:
         raise ValueError("data.limit is not applied when streaming (data.streaming=true): prepare a smaller file, "
                          "or bound the run with trainer.max_steps")
     manifest_path = entry / MANIFEST
@@ -162,18 +160,16 @@ def prepare_streamed_split(specs: list[dict], data_cfg, backbone_path: str, enco
 
     shutil.rmtree(entry, ignore_errors=True)
     entry.mkdir(parents=True)
-    units = plan_units(specs, int(data_cfg.get("rows_per_unit") or 50_000))
-    options = {"prompt_separator": data_cfg.prompt_separator, "max_row_bytes": data_cfg.get("max_row_bytes"),
-               "dedupe": bool(data_cfg.get("dedupe", True)),
-               "drop_dev_overlap": bool(data_cfg.get("drop_dev_overlap", False)) and bool(dev_keys)}
+    units = plan_units(specs, data.rows_per_unit)
+    options = {"prompt_separator": data.prompt_separator, "max_row_bytes": data.max_row_bytes,
+               "dedupe": data.dedupe, "drop_dev_overlap": data.drop_dev_overlap and bool(dev_keys)}
     print(f"data[train]: streaming: preparing {len(units)} units with {workers} Ray Data actors → {entry}", flush=True)
     results = ray.data.from_items([{"unit": json.dumps(u)} for u in units]).map_batches(
         PrepareUnits, batch_size=1, concurrency=max(1, min(workers, len(units))), num_cpus=1,
-        fn_constructor_kwargs={"backbone_path": backbone_path, "max_length": encoder.max_length,
-                               "append_eos": encoder.append_eos, "options": options, "out_dir": str(entry),
+        fn_constructor_kwargs={"backbone_path": backbone_path, "data": data, "options": options, "out_dir": str(entry),
                                "dev_keys": sorted(dev_keys) if dev_keys else None}).take_all()
     results.sort(key=lambda r: r["index"])
-    manifest = _aggregate(results, data_cfg.on_error, bool(data_cfg.get("dedupe", True)), entry)
+    manifest = _aggregate(results, data.on_error, data.dedupe, entry)
     tmp = manifest_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(manifest))
     tmp.replace(manifest_path)  # last: only a complete entry is ever reused
@@ -210,10 +206,7 @@ def _aggregate(results: list[dict], on_error: str, dedupe: bool, entry: Path) ->
         report.deduplicated += int(by_unit_rows[index])
         report.examples -= int(by_unit_examples[index])
         report.duplicate_examples += int(by_unit_examples[index])
-        total = per_source.setdefault(result["source"], DataReport())
-        for name in _SUMMARY_COUNTS:
-            setattr(total, name, getattr(total, name) + getattr(report, name))
-        total.quarantined.update(report.quarantined)
+        per_source.setdefault(result["source"], DataReport()).add(report)
     quarantine = {}
     for name in per_source:  # one quarantine file per source, units in file order
         parts = [r["quarantine"] for r in results if r["source"] == name and r["quarantine"]]
@@ -224,13 +217,8 @@ def _aggregate(results: list[dict], on_error: str, dedupe: bool, entry: Path) ->
                     out.write(Path(part).read_bytes())
             quarantine[name] = target.name
     assert all(r.unaccounted() == 0 for r in per_source.values()), "row accounting is off"
-    summary = {name: sum(r.as_dict()[name] for r in per_source.values()) for name in _SUMMARY_COUNTS}
-    summary["quarantined"] = sum(sum(r.quarantined.values()) for r in per_source.values())
-    summary["quarantined_by_reason"] = dict(sum((r.quarantined for r in per_source.values()), Counter()))
-    summary["prompt_truncated"] = sum(r["prompt_truncated"] for r in results)
-    summary["response_truncated"] = sum(r["response_truncated"] for r in results)
-    summary["sources"] = {name: r.as_dict() for name, r in per_source.items()}
-    summary["groups"] = summary["examples"]
+    summary = split_summary(per_source, sum(r["prompt_truncated"] for r in results),
+                            sum(r["response_truncated"] for r in results))
     summary["units"] = len(results)
     return {
         "summary": summary,

@@ -15,6 +15,9 @@ import json
 import os
 from pathlib import Path
 
+from rlhf_rm.batching.arrow import groups_to_table, table_to_groups
+from rlhf_rm.data.readers import expand_paths
+
 CACHE_VERSION = 1  # bump when the stored layout or the encoding logic changes
 _META = b"rlhf_rm"
 
@@ -35,8 +38,6 @@ def file_digest(path: str | Path) -> str:
 def source_digest(pattern: str | Path) -> str | None:
     """Digest of every file a source names (a file, a directory or a glob); None if it names none
     (the loader then reports that, with the path)."""
-    from rlhf_rm.data.readers import expand_paths
-
     try:
         paths = expand_paths(pattern)
     except ValueError:
@@ -111,35 +112,6 @@ def load(key: str, quarantine_dir: Path):
         copies[name] = str(target)
     metadata["quarantine"] = copies
     return groups, table.column("content_key").to_pylist(), metadata
-
-
-def groups_to_table(groups: list):
-    """Encoded groups as an Arrow table, one row per group (also the streamed shards' layout)."""
-    import pyarrow as pa
-
-    return pa.table({
-        "prompt_ids": pa.array([g.prompt_ids for g in groups], pa.list_(pa.int32())),
-        "response_ids": pa.array([g.response_ids for g in groups], pa.list_(pa.list_(pa.int32()))),
-        "prompt_truncated": pa.array([g.prompt_truncated for g in groups], pa.bool_()),
-        "response_truncated": pa.array([g.response_truncated for g in groups], pa.bool_()),
-        "kind": pa.array([g.kind for g in groups], pa.string()),
-        "ranks": pa.array([list(g.ranks) for g in groups], pa.list_(pa.int32())),
-        "probability": pa.array([g.probability for g in groups], pa.float64()),
-        "margin": pa.array([g.margin for g in groups], pa.float64()),
-        "source": pa.array([g.source for g in groups], pa.string()),
-    })
-
-
-def table_to_groups(table) -> list:
-    from rlhf_rm.batching.tokenize import EncodedGroup
-
-    columns = table.to_pydict()
-    return [EncodedGroup(prompt_ids=p, response_ids=r, prompt_truncated=pt, response_truncated=rt, kind=k,
-                         ranks=tuple(ra), probability=pr, margin=m, source=s)
-            for p, r, pt, rt, k, ra, pr, m, s in zip(
-                columns["prompt_ids"], columns["response_ids"], columns["prompt_truncated"],
-                columns["response_truncated"], columns["kind"], columns["ranks"], columns["probability"],
-                columns["margin"], columns["source"])]
 
 
 def _atomic_copy(source: Path, target: Path) -> None:

@@ -1,0 +1,67 @@
+"""The reward model's interface for training code: build it from settings, name its parameter groups,
+gather its full weights under DeepSpeed ZeRO-3.
+
+Everything that knows Hugging Face or DeepSpeed internals (the head's module name, the `hf_model.`
+wrapper prefix, DeepSpeed's consolidation call) sits here, next to rlhf_rm/model.py, so the trainer and
+the benchmarks only ever call these functions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf_rm.config import ModelConfig
+from rlhf_rm.model import RewardModel, apply_lora, load_reward_model
+
+WRAPPER_PREFIX = "hf_model."  # RewardModel keeps the HF model as `self.hf_model`
+HEAD_MODULE = "score"  # AutoModelForSequenceClassification's head; LoRA keeps it fully trainable
+
+
+def build_reward_model(weights: str, tokenizer, model: ModelConfig, attention: str = "sdpa",
+                       gradient_checkpointing: bool = False) -> RewardModel:
+    """A backbone (or a checkpoint to resume) as a reward model, with the configured heads and adapters."""
+    reward_model = load_reward_model(weights, tokenizer, head_init_std=model.head_init_std,
+                                     ensemble_size=model.ensemble_size, attention=attention)
+    if model.lora.enabled:
+        apply_lora(reward_model, {"r": model.lora.r, "alpha": model.lora.alpha, "dropout": model.lora.dropout,
+                                  "target_modules": list(model.lora.target_modules)})
+    if gradient_checkpointing:
+        reward_model.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return reward_model
+
+
+def set_attention(model: RewardModel, attention: str) -> None:
+    """Switch a loaded model's attention kernel: "sdpa" (dense masks) or "flex" (FlexAttention block masks)."""
+    model.hf_model.set_attn_implementation({"flex": "flex_attention"}.get(attention, attention))
+
+
+def is_head_parameter(name: str) -> bool:
+    """True for the scalar head's parameters (also under LoRA's `modules_to_save` copies)."""
+    return f".{HEAD_MODULE}." in f".{name}"
+
+
+def parameter_groups(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
+    """Trainable parameters by optimizer treatment: the head, weight-decayed matrices, and the rest
+    (biases, norms) without decay. Parameters frozen by LoRA are left out."""
+    groups: dict[str, list] = {"head": [], "decay": [], "no_decay": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if is_head_parameter(name):
+            groups["head"].append(param)
+        elif param.ndim < 2 or "norm" in name:
+            groups["no_decay"].append(param)
+        else:
+            groups["decay"].append(param)
+    return groups
+
+
+def full_state_dict(engine, rank: int) -> dict | None:
+    """The full HF weights of a ZeRO-3 model on rank 0 (None elsewhere, and for other stages, whose
+    model holds its weights whole). Every rank must call this: gathering the shards is collective."""
+    if engine is None or engine.zero_optimization_stage() != 3:
+        return None
+    full = engine._zero3_consolidated_16bit_state_dict()
+    if rank != 0:
+        return None
+    return {key.removeprefix(WRAPPER_PREFIX): value for key, value in full.items()}

@@ -1,0 +1,95 @@
+"""Resumable checkpoints: the HF model (+ rlhf_rm.json) plus `train_state.pt` (optimizer, scheduler, RNG,
+data position, metric history), reported to Ray Train; DeepSpeed's sharded state in `deepspeed/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import ray.train
+from ray.train import Checkpoint
+
+from rlhf_rm.model import merged_for_saving, save_checkpoint
+from rlhf_rm.model_state import full_state_dict
+
+TRAIN_STATE_FILE = "train_state.pt"
+DEEPSPEED_DIR = "deepspeed"
+
+
+@dataclass
+class Position:
+    """Where training stands; saved in every checkpoint and restored on resume."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    step: int = 0  # optimizer steps done
+    metrics_log: list = field(default_factory=list)  # one entry per log / evaluation
+    trained_steps: list = field(default_factory=list)  # [epoch, step in epoch] of every step trained
+    resumed_from: list = field(default_factory=list)  # the step of each resume
+
+    def state(self, epoch: int, step_in_epoch: int) -> dict:
+        """train_state.pt's content for a checkpoint that resumes at (epoch, step_in_epoch)."""
+        return {"epoch": epoch, "step_in_epoch": step_in_epoch, "step": self.step,
+                "rng": torch.get_rng_state(), "metrics_log": self.metrics_log, "trained_steps": self.trained_steps,
+                "resumed_from": self.resumed_from}
+
+    def progress(self) -> dict:
+        return {"steps": self.step, "metrics_log": self.metrics_log, "trained_steps": self.trained_steps,
+                "resumed_from": self.resumed_from}
+
+
+def resume_directory(resume: str) -> str | None:
+    """Ray Train hands back the latest checkpoint after a worker failure, or when a run is restarted
+    with the same run_name and storage path; `trainer.resume=never` ignores it."""
+    if resume == "never":
+        return None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    return checkpoint.to_directory(tempfile.mkdtemp(prefix="rlhf_rm_resume_"))
+
+
+def load_train_state(resume_dir: str | None) -> dict | None:
+    return torch.load(Path(resume_dir) / TRAIN_STATE_FILE, weights_only=False) if resume_dir else None
+
+
+def position_from(state: dict | None) -> Position:
+    """The position to continue from (a fresh one without a state); the resume itself is recorded."""
+    if state is None:
+        return Position()
+    torch.set_rng_state(state["rng"])
+    return Position(state["epoch"], state["step_in_epoch"], state["step"], state["metrics_log"],
+                    state["trained_steps"], [*state.get("resumed_from", []), state["step"]])
+
+
+def save_and_report(model, engine, tokenizer, rank: int, metadata: dict, train_state: dict, optimizer, scheduler,
+                    report: dict) -> None:
+    """Write the checkpoint (rank 0: HF model + train state; every rank: its DeepSpeed shard) and report it."""
+    state_dict = full_state_dict(engine, rank)
+    with tempfile.TemporaryDirectory() as tmp:
+        if engine is not None:
+            # Sharded optimizer state: every rank writes its part; Ray merges the directories.
+            engine.save_checkpoint(str(Path(tmp) / DEEPSPEED_DIR), tag="latest_state")
+        if rank == 0:
+            save_checkpoint(merged_for_saving(model), tokenizer, tmp, metadata, state_dict=state_dict)
+            if engine is None:
+                train_state = {**train_state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            torch.save(train_state, Path(tmp) / TRAIN_STATE_FILE)
+        has_files = rank == 0 or engine is not None
+        ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp) if has_files else None)
+
+
+def write_progress(run_dir: str, step: int, epoch: int, step_in_epoch: int, total_steps: int) -> None:
+    """A tiny file other processes (tests, dashboards) can poll for the current position."""
+    path = Path(run_dir) / "progress.json"
+    path.parent.mkdir(parents=True, exist_ok=True)  # rank 0 may sit on another node than the driver
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"step": step, "total_steps": total_steps, "epoch": epoch,
+                               "step_in_epoch": step_in_epoch, "pid": os.getpid()}))
+    tmp.replace(path)

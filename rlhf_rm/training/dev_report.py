@@ -1,0 +1,47 @@
+"""What a dev evaluation leaves behind on rank 0: diagnostics.json, W&B reward histograms and the table of
+the worst-scored pairs, and the headline diagnostics merged into the dev metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rlhf_rm.metrics import hard_pairs
+
+
+def record_diagnostics(groups, scores: list, run_dir: str, tracker, step: int, tokenizer) -> dict:
+    """Write diagnostics.json for the dev pairs with a preferred side (at least two of them) and log the
+    W&B tables; returns the diagnostics' headline numbers for the dev metrics (empty without pairs)."""
+    pairs = hard_pairs(groups, scores)
+    if len(pairs.chosen) < 2:
+        return {}
+    diagnostics = pairs.diagnose()
+    if tracker:
+        tracker.log_evaluation(step, pairs.chosen, pairs.rejected, [
+            worst_pair_row(row, groups[int(row["id"])], tokenizer) for row in diagnostics["worst_pairs"]])
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    Path(run_dir, "diagnostics.json").write_text(json.dumps(diagnostics, indent=2, default=str))
+    length = diagnostics["length"]
+    return {"length_reward_correlation": length.get("reward_length_correlation"),
+            "accuracy_chosen_shorter": length.get("shorter_chosen_accuracy"),
+            "ece": diagnostics["calibration"].get("ece")}
+
+
+def worst_pair_row(row: dict, group, tokenizer, prompt_tail_tokens: int = 48) -> list:
+    """One row of the W&B table of worst-scored dev pairs, with readable text."""
+    first, second = (0, 1) if group.probability > 0.5 else (1, 0)
+    return [row["margin"], row["chosen"], row["rejected"],
+            tokenizer.decode(group.prompt_ids[-prompt_tail_tokens:]),
+            tokenizer.decode(group.response_ids[first]), tokenizer.decode(group.response_ids[second])]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"data": {"train": {"used": 3}}} → {"data/train/used": 3}, for W&B's flat summary keys."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "/"))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            flat[name] = value
+    return flat
