@@ -2,15 +2,22 @@
 
 Runs rlhf_rm's own training step (batching → RewardModel → Bradley-Terry → AdamW) on one GPU for a
 1B-class Llama built in code (random weights: FLOPs do not depend on them), on real HH-RLHF pairs
-tokenized with the SmolLM2 tokenizer, in bf16 autocast, and compares the padded layout (one row per
-response, the prompt computed twice) with the prefix-shared layout, under SDPA with the dense tree mask
-and under FlexAttention with the same rule as a block mask (prefix_flex; its rewards are first checked
-against SDPA's in fp32 on the same batch).
+tokenized with the SmolLM2 tokenizer, in bf16 autocast, and compares, in one run on the same data:
+  separate               padded rows, one per response (the prompt computed twice);
+  packed+flex            OpenRLHF's packing_samples: every (prompt + response) its own document, packed
+                         into one row per step with no padding, block-diagonal attention (FlexAttention
+                         skips the masked blocks, as varlen FlashAttention does): the peer baseline;
+  prefix_shared(+flex)   one row per pair, the prompt computed once (tree mask dense, or as a block mask);
+  packed_shared+flex     ours packed: several pairs per row, each prompt once, document × tree block mask.
+Any layout name takes "+flex" (FlexAttention block mask) or not (SDPA with the dense mask; packed rows
+are then cut at --max-length tokens). Every flex layout's rewards are first checked against SDPA on the
+same batch in fp32.
 
 MFU = 6 · N · (tokens the model computed) / seconds / peak bf16 FLOP/s, with N the parameters
 excluding embeddings (the usual convention); attention FLOPs are not counted, so this is a lower bound.
 
-    python benchmarks/gpu_mfu.py --tokenizer DIR --data train.jsonl [--size 1b] [--steps 20]
+    python benchmarks/gpu_mfu.py --tokenizer DIR --data train.jsonl [--size 1b] [--steps 20] [--compile]
+    python benchmarks/gpu_mfu.py --tokenizer DIR --data train.jsonl --dry-run   # CPU: tiny model, 2 steps
 """
 
 from __future__ import annotations
@@ -38,9 +45,15 @@ def main() -> int:
     parser.add_argument("--tokens-per-step", type=int, default=32768)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--layouts", default="separate,prefix_shared,prefix_flex")
+    parser.add_argument("--layouts", default="separate,packed+flex,prefix_shared,prefix_shared+flex,packed_shared+flex")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="CPU check of the script: tiny model, 48 pairs, 2 steps, SDPA layouts (flex needs a GPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes)")
     args = parser.parse_args()
+    if args.dry_run:
+        args.size, args.pairs, args.steps, args.warmup = "tiny", 48, 2, 1
+        args.max_length, args.tokens_per_step = min(args.max_length, 256), min(args.tokens_per_step, 4096)
+        args.layouts = ",".join(n for n in args.layouts.split(",") if not n.endswith("+flex")) + ",packed,packed_shared"
 
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
@@ -71,15 +84,19 @@ def main() -> int:
     loss_fn = build_loss({"name": "bradley_terry"})
     results = {"device": name, "params_non_embedding": n_params, "size": args.size, "compile": args.compile}
     for name in args.layouts.split(","):
-        flex = name == "prefix_flex"
-        layout = "prefix_shared" if flex else name
+        layout, flex = name.removesuffix("+flex"), name.endswith("+flex") or name == "prefix_flex"
+        layout = "prefix_shared" if layout == "prefix_flex" else layout
+        # Packed rows hold a whole step under FlexAttention (masked blocks are skipped); the dense SDPA mask
+        # is T x T per row, so there they are cut at max_length.
+        row_tokens = None if flex else args.max_length
         lengths = [row_length(g, layout) for g in groups]
         plan = [step[0] for step in plan_steps(lengths, 1, args.tokens_per_step, seed=0)]
         batch_groups = [[groups[i] for i in step] for step in plan]
-        batches = [collate(step, tokenizer.pad_token_id, layout) for step in batch_groups]
+        batches = [collate(step, tokenizer.pad_token_id, layout, row_tokens=row_tokens) for step in batch_groups]
+        set_attention(model, "sdpa")
         if flex:
-            results["flex_vs_sdpa_fp32"] = flex_check(model, batches[0], device)
-            print("flex vs sdpa (fp32, same batch):", json.dumps(results["flex_vs_sdpa_fp32"]), flush=True)
+            results[f"{name}_vs_sdpa_fp32"] = flex_check(model, batches[0], device)
+            print(f"{name} vs sdpa (fp32, same batch):", json.dumps(results[f"{name}_vs_sdpa_fp32"]), flush=True)
             set_attention(model, "flex")
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
         step_model = torch.compile(model, dynamic=True) if args.compile else model
@@ -113,9 +130,10 @@ def main() -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-    for name in ("prefix_shared", "prefix_flex"):
-        if "separate" in results and name in results:
-            results[f"{name}_speedup_pairs_per_s"] = results[name]["pairs_per_s"] / results["separate"]["pairs_per_s"]
+    for baseline in ("separate", "packed+flex", "packed"):
+        for name in args.layouts.split(","):
+            if baseline in results and name in results and name != baseline:
+                results[f"{name}_vs_{baseline}_pairs_per_s"] = results[name]["pairs_per_s"] / results[baseline]["pairs_per_s"]
     print(json.dumps(results, indent=2))
     return 0
 

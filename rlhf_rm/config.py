@@ -64,7 +64,9 @@ class DataConfig:
 
 @dataclass
 class BatchingConfig:
-    layout: str = "prefix_shared"  # prefix_shared (prompt computed once) | separate (one padded row per response)
+    # prefix_shared (one row per group, prompt once) | separate (one padded row per response) | packed (OpenRLHF's
+    # packing: each response with its own prompt copy) | packed_shared (several groups per row, prompt once)
+    layout: str = "prefix_shared"
     tokens_per_worker: int = 2048  # padded tokens per worker per optimizer step
     max_pairs_per_worker: Optional[int] = None  # cap on groups per worker per step (null: the budget decides)
     eval_tokens_per_worker: int = 4096  # padded tokens per worker per dev forward
@@ -249,8 +251,8 @@ def validate(settings: TrainConfig) -> None:
             raise ConfigError(f"{name}={value}: must be at least 1")
     if len(trainer.betas) != 2 or not all(0.0 <= b < 1.0 for b in trainer.betas):
         raise ConfigError(f"trainer.betas={list(trainer.betas)}: two numbers in [0, 1)")
-    if batching.attention == "flex" and batching.layout != "prefix_shared":
-        raise ConfigError("batching.attention=flex needs batching.layout=prefix_shared")
+    if batching.attention == "flex" and batching.layout == "separate":
+        raise ConfigError("batching.attention=flex needs a tree layout (prefix_shared, packed or packed_shared)")
     if not isinstance(settings.loss, dict) or "name" not in settings.loss:
         raise ConfigError(f"loss must be a mapping with a name, got {settings.loss!r}")
     try:

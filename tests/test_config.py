@@ -106,7 +106,7 @@ def test_unknown_keys_and_wrong_types_fail_at_composition(override, message):
     ("batching.layout=padded", "batching.layout='padded'"),
     ("trainer.resume=sometimes", "trainer.resume"),
     ("trainer.betas=[0.9]", "trainer.betas"),
-    ("batching.attention=flex", "needs batching.layout=prefix_shared"),
+    ("batching.attention=flex", "needs a tree layout"),
     ("+loss.coefficent=0.1", "loss="),
 ])
 def test_invalid_settings_fail_at_start_up(override, message):

@@ -42,7 +42,7 @@ class ModelBatch:
                   "score_cols": self.score_cols}
         if flex:
             if self.segment_ids is None:
-                raise ValueError("FlexAttention needs the prefix_shared layout (trainer.layout=prefix_shared)")
+                raise ValueError("FlexAttention needs a tree layout (prefix_shared, packed or packed_shared)")
             return {**inputs, "attention_mask": None, "segment_ids": self.segment_ids,
                     "document_ids": self.document_ids}
         return {**inputs, "attention_mask": self.attention_mask}
