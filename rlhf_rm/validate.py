@@ -36,7 +36,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--on-error", choices=("raise", "skip"), help="data.on_error of the training run to check")
     parser.add_argument("--quarantine", metavar="DIR", help="write the bad rows to DIR/quarantine_train_<source>.jsonl")
     parser.add_argument("--show", type=int, default=10, help="how many bad rows to print (default 10)")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # PATHs and data.KEY=VALUE items may follow the options
 
 
 def data_settings(args: argparse.Namespace) -> tuple[DataConfig, str]:

@@ -2,7 +2,7 @@
 
 Workers print no progress bars (Ray would relay every worker's redraws, several times each); rank 0 prints
 one plain `step k/T` line per logged step, which reads the same in a terminal, in CI and in `ray job logs`.
-Only when the driver's stdout is a terminal does a driver thread poll progress.json and draw a single bar
+Only when the driver's stdout and stderr are a terminal does a driver thread poll progress.json and draw a single bar
 (pairs done, pairs/s, ETA, latest loss) through Ray's tqdm manager, which hides it while worker lines print.
 """
 
@@ -43,7 +43,8 @@ class DriverProgress:
 
     def __init__(self, run_dir: str | Path, interval: float = 0.5, enabled: bool | None = None):
         self.run_dir, self.interval = Path(run_dir), interval
-        self.enabled = sys.stdout.isatty() if enabled is None else enabled
+        # The bar draws on stderr; any redirection (CI, a pipe, `ray job logs`) means plain lines only.
+        self.enabled = sys.stdout.isatty() and sys.stderr.isatty() if enabled is None else enabled
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._bar = None
