@@ -1,13 +1,14 @@
 """Check data before spending a cluster: the training run's reading, validation, deduplication and truncation
 accounting, on this machine, with only the tokenizer loaded.
 
-    python -m rlhf_rm.validate data/train.jsonl 'more/*.parquet' data/oasst/ --format oasst_trees \\
-        --model smollm2-135m-instruct --max-length 512 [--on-error skip] [--quarantine DIR] [data.KEY=VALUE ...]
+    python -m rlhf_rm.validate data/train.jsonl 'more/*.parquet' data/shards/ [--dev data/dev.jsonl] \\
+        [--format oasst_trees] [--model smollm2-135m-instruct] [--max-length 512] [--on-error skip] \\
+        [--quarantine DIR] [data.KEY=VALUE ...]
 
 Prints the accounting training prints at start-up (rlhf_rm.prepare.format_data_summary) and the first bad
-rows with their file:line. Exit status: 1 when a row would stop training (data.on_error=raise, the
+rows with their file:line; with --dev also the dev split and the train/dev overlap. Exit status: 1 when a row would stop training (data.on_error=raise, the
 default), 0 when the data is clean or when --on-error skip would quarantine the bad rows (still counted).
-With --quarantine DIR the bad rows go to DIR/quarantine_train_<source>.jsonl, as a training run writes them.
+With --quarantine DIR the bad rows go to DIR/quarantine_<split>_<source>.jsonl, as a training run writes them.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="files, directories or globs; data.KEY=VALUE items set any data option (data.limit=100)")
+    parser.add_argument("--dev", action="append", default=[], metavar="PATH",
+                        help="the dev split's files (repeatable): its accounting and the train/dev overlap")
     parser.add_argument("--format", default="preference", choices=FORMATS, help="the layout of every PATH")
     parser.add_argument("--model", default="smollm2-135m-instruct",
                         help="a packaged backbone name or an HF directory: its tokenizer measures truncation")
     parser.add_argument("--max-length", type=int, help="tokens per text (data.max_length)")
     parser.add_argument("--on-error", choices=("raise", "skip"), help="data.on_error of the training run to check")
-    parser.add_argument("--quarantine", metavar="DIR", help="write the bad rows to DIR/quarantine_train_<source>.jsonl")
+    parser.add_argument("--quarantine", metavar="DIR", help="write the bad rows to DIR/quarantine_<split>_<source>.jsonl")
     parser.add_argument("--show", type=int, default=10, help="how many bad rows to print (default 10)")
     return parser.parse_intermixed_args(argv)  # PATHs and data.KEY=VALUE items may follow the options
 
@@ -46,12 +49,11 @@ def data_settings(args: argparse.Namespace) -> tuple[DataConfig, str]:
     paths = [item for item in args.paths if item not in overrides]
     if not paths:
         raise SystemExit("python -m rlhf_rm.validate: give at least one PATH")
-    sources = [{"path": path, "format": args.format, "name": name} for path, name in zip(paths, source_names(paths))]
     # The typed schema checks data.KEY=VALUE items (a misspelt key or a wrong type stops here).
     merged = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.from_dotlist(overrides).get("data", {}),
                              {"train": None, "dev": None})
     data: DataConfig = OmegaConf.to_object(merged)
-    data.train = sources
+    data.train, data.dev = sources(paths, args.format), sources(args.dev, args.format) or None
     if args.max_length is not None:
         data.max_length = args.max_length
     on_error = args.on_error or data.on_error
@@ -59,19 +61,20 @@ def data_settings(args: argparse.Namespace) -> tuple[DataConfig, str]:
     return data, on_error
 
 
-def source_names(paths: list[str]) -> list[str]:
-    """One distinct name per PATH (its file or directory name): the accounting has a line per source."""
+def sources(paths: list[str], fmt: str) -> list[dict]:
+    """One source per PATH with a distinct name (its file, directory or glob's directory name): the
+    accounting has a line per source and each source its own quarantine file."""
     names: list[str] = []
     for path in paths:
-        name = Path(path).stem or path
+        name = Path(path).parent.name if any(c in path for c in "*?[") else Path(path).stem
         names.append(name if name not in names else f"{name}_{len(names)}")
-    return names
+    return [{"path": path, "format": fmt, "name": name} for path, name in zip(paths, names)]
 
 
-def first_errors(quarantine_files: dict[str, str], count: int) -> list[str]:
+def first_errors(quarantine_files: list[str], count: int) -> list[str]:
     """`file:line: reason` of the first `count` bad rows, read back from the quarantine files."""
     lines = []
-    for path in quarantine_files.values():
+    for path in quarantine_files:
         with open(path, encoding="utf-8") as handle:
             for line in handle:
                 if len(lines) == count:
@@ -91,15 +94,17 @@ def validate(args: argparse.Namespace) -> int:
     encoder = build_encoder(load_tokenizer(resolve_backbone(args.model)), data)
     with tempfile.TemporaryDirectory(prefix="rlhf_rm_validate_") as scratch:
         out_dir = Path(args.quarantine) if args.quarantine else Path(scratch)
-        summary = prepare_split(data, encoder, out_dir, "train").summary
-        errors = first_errors({name: report["quarantine_file"] for name, report in summary["sources"].items()
-                               if report["quarantine_file"]}, args.show)
+        summaries = {split: prepare_split(data, encoder, out_dir, split).summary
+                     for split in ("train", "dev") if getattr(data, split)}
+        reports = [report for summary in summaries.values() for report in summary["sources"].values()]
+        errors = first_errors([r["quarantine_file"] for r in reports if r["quarantine_file"]], args.show)
         if not args.quarantine:  # the files vanish with the scratch directory: do not name them
-            for report in summary["sources"].values():
-                report["quarantine_file"] = "not kept (--quarantine DIR keeps them)" if report["quarantine_file"] else None
+            for report in reports:
+                report["quarantine_file"] = report["quarantine_file"] and "not kept (--quarantine DIR keeps them)"
     print(f"tokenizer: {args.model}; data.max_length={data.max_length}")
-    print(format_data_summary("validate", summary))
-    bad = summary["quarantined"]
+    for split, summary in summaries.items():
+        print(format_data_summary(split, summary))
+    bad = sum(summary["quarantined"] for summary in summaries.values())
     if errors:
         more = f" (first {len(errors)})" if bad > len(errors) else ""
         print(f"bad rows{more}:\n" + "\n".join(f"  {line}" for line in errors))
@@ -107,7 +112,7 @@ def validate(args: argparse.Namespace) -> int:
         print(f"FAIL: {bad} bad rows would stop training (data.on_error=raise); fix them, or train with "
               "data.on_error=skip to quarantine them")
         return 1
-    print(f"OK: {summary['examples']} examples would train"
+    print(f"OK: {summaries['train']['examples']} examples would train"
           + (f"; {bad} bad rows would be quarantined (data.on_error=skip)" if bad else ""))
     return 0
 

@@ -24,7 +24,7 @@ def validate(capsys, *argv) -> tuple[int, str]:
 def test_clean_file_exits_zero_with_the_training_accounting(capsys, tiny_backbone):
     status, out = validate(capsys, FIXTURES / "hh_train_small.jsonl", "--model", tiny_backbone, "--max-length", 64)
     assert status == 0, out
-    assert "data[validate]: 40 rows read, 40 used → 40 examples → 40 groups; 0 quarantined" in out
+    assert "data[train]: 40 rows read, 40 used → 40 examples → 40 groups; 0 quarantined" in out
     assert "data.max_length=64" in out
     # truncation is counted with the given tokenizer and length, as training would
     truncated = int(out.split("truncated: ")[1].split(" prompts")[0])
@@ -75,7 +75,7 @@ def test_directory_and_glob_inputs(capsys, tmp_path, tiny_backbone):
 def test_every_source_format(capsys, tiny_backbone, fmt, path):
     status, out = validate(capsys, SHARED_DATA / path, "--format", fmt, "--model", tiny_backbone, "data.limit=5")
     assert status == 0, out
-    assert "data[validate]: 5 rows read" in out
+    assert "data[train]: 5 rows read" in out
 
 
 def test_unknown_data_option_is_refused(tiny_backbone):
@@ -85,3 +85,11 @@ def test_unknown_data_option_is_refused(tiny_backbone):
 
     with pytest.raises(ConfigKeyError):
         main([str(FIXTURES / "hh_dev_small.jsonl"), "--model", tiny_backbone, "data.max_lenght=3"])
+
+
+def test_dev_split_and_train_dev_overlap(capsys, tiny_backbone):
+    train = FIXTURES / "hh_train_small.jsonl"
+    status, out = validate(capsys, train, "--dev", train, "--model", tiny_backbone)
+    assert status == 0, out
+    assert "data[dev]: 40 rows read" in out
+    assert "dev overlap: 40 train examples also appear in dev (kept; data.drop_dev_overlap=true removes them)" in out
