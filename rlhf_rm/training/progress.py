@@ -74,12 +74,11 @@ class DriverProgress:
         from ray.experimental.tqdm_ray import tqdm
 
         if self._bar is None:
-            self._bar = tqdm(total=position["total_pairs"], desc="train", unit="pair")
+            self._bar = tqdm(total=position["total_pairs"], desc="train", unit="pair", flush_interval_s=self.interval)
         loss = position.get("loss")
+        self._bar.n = position["pairs_done"]  # no redraw yet: set_description draws both at once
         self._bar.set_description(f"train step {position['step']}/{position['total_steps']}"
                                   + (f" loss {loss:.4f}" if loss is not None else ""))
-        self._bar.update(position["pairs_done"] - self._bar.n)
-
 
 def print_line(line: str) -> None:
     """Print one line from a worker, once. Ray Train patches `print` in its workers to log through the
