@@ -6,9 +6,10 @@ accounting, on this machine, with only the tokenizer loaded.
         [--quarantine DIR] [data.KEY=VALUE ...]
 
 Prints the accounting training prints at start-up (rlhf_rm.prepare.format_data_summary) and the first bad
-rows with their file:line; with --dev also the dev split and the train/dev overlap. Exit status: 1 when a row would stop training (data.on_error=raise, the
-default), 0 when the data is clean or when --on-error skip would quarantine the bad rows (still counted).
-With --quarantine DIR the bad rows go to DIR/quarantine_<split>_<source>.jsonl, as a training run writes them.
+rows with their file:line; with --dev also the dev split and the train/dev overlap. Exit status: 1 when a
+row would stop training (data.on_error=raise, the default), 0 when the data is clean or when --on-error
+skip would quarantine the bad rows (still counted). With --quarantine DIR the bad rows go to
+DIR/quarantine_<split>_<source>.jsonl, as a training run writes them.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="a packaged backbone name or an HF directory: its tokenizer measures truncation")
     parser.add_argument("--max-length", type=int, help="tokens per text (data.max_length)")
     parser.add_argument("--on-error", choices=("raise", "skip"), help="data.on_error of the training run to check")
-    parser.add_argument("--quarantine", metavar="DIR", help="write the bad rows to DIR/quarantine_<split>_<source>.jsonl")
+    parser.add_argument("--quarantine", metavar="DIR",
+                        help="write the bad rows to DIR/quarantine_<split>_<source>.jsonl")
     parser.add_argument("--show", type=int, default=10, help="how many bad rows to print (default 10)")
     return parser.parse_intermixed_args(argv)  # PATHs and data.KEY=VALUE items may follow the options
 
