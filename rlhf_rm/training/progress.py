@@ -2,8 +2,9 @@
 
 Workers print no progress bars (Ray would relay every worker's redraws, several times each); rank 0 prints
 one plain `step k/T` line per logged step, which reads the same in a terminal, in CI and in `ray job logs`.
-Only when the driver's stdout and stderr are a terminal does a driver thread poll progress.json and draw a single bar
-(pairs done, pairs/s, ETA, latest loss) through Ray's tqdm manager, which hides it while worker lines print.
+Only when the driver's stdout and stderr are a terminal does a driver thread poll progress.json and draw a
+single bar (pairs done, pairs/s, ETA, latest loss) through Ray's tqdm manager, which hides it while worker
+lines print.
 """
 
 from __future__ import annotations
