@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from filelock import FileLock
@@ -48,7 +51,11 @@ def resolve_backbone(name_or_path: str) -> str:
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").exists():  # another process converted it meanwhile
             return str(target)
-        _convert_gguf(source_dir, gguf_file, target)
+        print(f"backbone {name_or_path}: converting {gguf_file} to an fp32 HF directory, once: {target}", flush=True)
+        # transformers draws three tqdm bars here; in a log (CI, `ray job logs`) they are only '\r' noise.
+        quiet = contextlib.redirect_stderr(io.StringIO()) if not sys.stderr.isatty() else contextlib.nullcontext()
+        with quiet:
+            _convert_gguf(source_dir, gguf_file, target)
     return str(target)
 
 

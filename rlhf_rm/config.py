@@ -110,6 +110,7 @@ class LoggerConfig:
     backend: str = "wandb"  # wandb | none (rlhf_rm.tracking.TRACKING_BACKENDS)
     project: str = "rlhf_rm"
     mode: Optional[str] = None  # null: online when WANDB_API_KEY is set, offline otherwise
+    log_texts: bool = True  # false: no decoded prompt or response reaches W&B (worst-pairs table keeps numbers only)
 
 
 @dataclass

@@ -1,29 +1,35 @@
-"""Weights & Biases tracking: offline unless WANDB_API_KEY is set, disabled with logger=none."""
+"""Weights & Biases tracking: offline unless WANDB_API_KEY is set, disabled with logger=none; decoded text
+(the worst-pairs table) only while logger.log_texts is true."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 
+from rlhf_rm.config import LoggerConfig
+
 # The `logger` group's backends (conf/logger/<name>.yaml sets `backend`); rlhf_rm.config.LoggerConfig.
 TRACKING_BACKENDS = ("wandb", "none")
+
+SCORE_COLUMNS = ["dev_index", "margin", "chosen_reward", "rejected_reward"]  # the worst-pairs table, always
+TEXT_COLUMNS = ["prompt_end", "chosen", "rejected"]  # decoded text, only with logger.log_texts=true
 
 
 class RunTracker:
     def __init__(self, logger_config, run_dir: str, config: dict, name: str | None = None):
-        """logger_config: a LoggerConfig, a mapping with the same keys, or None (no tracking)."""
+        """logger_config: a LoggerConfig, a mapping with some of its keys, or None (no tracking)."""
         self.run = None
-        if dataclasses.is_dataclass(logger_config):
-            logger_config = dataclasses.asdict(logger_config)
-        backend = (logger_config or {}).get("backend", "none")
-        if backend not in TRACKING_BACKENDS:
-            raise ValueError(f"logger backend {backend!r}; choose one of {list(TRACKING_BACKENDS)}")
-        if backend != "wandb":
+        if not dataclasses.is_dataclass(logger_config):
+            logger_config = LoggerConfig(**(logger_config if logger_config is not None else {"backend": "none"}))
+        self.log_texts = logger_config.log_texts  # record_diagnostics decodes texts only when this is true
+        if logger_config.backend not in TRACKING_BACKENDS:
+            raise ValueError(f"logger backend {logger_config.backend!r}; choose one of {list(TRACKING_BACKENDS)}")
+        if logger_config.backend != "wandb":
             return
         import wandb
 
-        mode = logger_config.get("mode") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-        self.run = wandb.init(project=logger_config.get("project") or "rlhf_rm", mode=mode, dir=run_dir,
+        mode = logger_config.mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        self.run = wandb.init(project=logger_config.project, mode=mode, dir=run_dir,
                               config=config, name=name, reinit="finish_previous")
 
     def log(self, metrics: dict, step: int | None = None) -> None:
@@ -31,12 +37,15 @@ class RunTracker:
             self.run.log(metrics, step=step)
 
     def log_evaluation(self, step: int, chosen: list, rejected: list, worst_rows: list) -> None:
-        """Reward histograms for chosen vs rejected and a table of the worst-scored dev pairs."""
+        """Reward histograms for chosen vs rejected and a table of the worst-scored dev pairs (scores, plus
+        their decoded texts only when log_texts is true: dev_report.worst_pair_row)."""
         if self.run is None:
             return
         import wandb
 
-        columns = ["margin", "chosen_reward", "rejected_reward", "prompt_end", "chosen", "rejected"]
+        columns = SCORE_COLUMNS + (TEXT_COLUMNS if self.log_texts else [])
+        if any(len(row) != len(columns) for row in worst_rows):
+            raise ValueError(f"worst-pairs rows must have the columns {columns}")
         self.run.log({"dev/worst_pairs": wandb.Table(columns=columns, data=worst_rows),
                       "dev/chosen_rewards": wandb.Histogram(chosen),
                       "dev/rejected_rewards": wandb.Histogram(rejected),

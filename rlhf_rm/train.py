@@ -27,6 +27,7 @@ from rlhf_rm.metrics import headline
 from rlhf_rm.model import load_tokenizer
 from rlhf_rm.prepare import PreparedSplit, build_encoder, format_data_summary, prepare_splits
 from rlhf_rm.rendering import RenderingSpec
+from rlhf_rm.training.progress import DriverProgress
 
 
 def run(cfg: DictConfig | TrainConfig, run_dir: Path) -> dict:
@@ -49,7 +50,8 @@ def run(cfg: DictConfig | TrainConfig, run_dir: Path) -> dict:
     init_ray(settings.ray)
     loop_config = worker_config(settings, backbone_path, run_dir, train, dev, encoder.spec)
     trainer = build_trainer(settings, loop_config, train)
-    result = trainer.fit()
+    with DriverProgress(run_dir):  # one bar in a terminal; plain step lines from rank 0 everywhere
+        result = trainer.fit()
     return write_results(result, run_dir, train, dev, time.perf_counter() - started)
 
 

@@ -28,8 +28,9 @@ from rlhf_rm.model import load_tokenizer
 from rlhf_rm.model_state import build_reward_model
 from rlhf_rm.tracking import RunTracker
 from rlhf_rm.training.checkpoints import (DEEPSPEED_DIR, load_train_state, position_from, resume_directory,
-                                          save_and_report, write_progress)
+                                          save_and_report)
 from rlhf_rm.training.dev_report import flatten, record_diagnostics
+from rlhf_rm.training.progress import format_duration, print_line, write_progress
 from rlhf_rm.training.sources import PlannedSteps, StreamedSteps
 from rlhf_rm.training.steps import build_optimizer, ensemble_loss, score_groups, train_step  # noqa: F401
 
@@ -67,20 +68,16 @@ class RewardModelRecipe:
         self._setup_model()
         self.position = position_from(self.state)
         if self.rank == 0 and self.state:
-            print(f"resuming at step {self.position.step} (epoch {self.position.epoch}, "
-                  f"step {self.position.step_in_epoch} of it)", flush=True)
+            print_line(f"resuming at step {self.position.step} (epoch {self.position.epoch}, "
+                       f"step {self.position.step_in_epoch} of it)")
         use_bf16 = settings.trainer.bf16 and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
         self.tracker = RunTracker(settings.logger, self.job["run_dir"], as_dict(settings)) if self.rank == 0 else None
         if self.tracker:
             self.tracker.summary(flatten({"data": self.job["metadata"].get("data_summary", {})}))
+        # No progress bar here: rank 0 writes progress.json each step and the driver draws the one bar
+        # (training/progress.py); a bar per worker would be relayed by Ray, redraw by redraw.
         self.pairs_done_before = self.source.pairs_done(self.position.trained_steps)
-        self.progress = None
-        if self.rank == 0:
-            from ray.experimental.tqdm_ray import tqdm
-
-            self.progress = tqdm(total=self.source.total_pairs, desc="train", unit="pair")
-            self.progress.update(self.pairs_done_before)
 
     def _setup_data(self) -> None:
         settings, batching = self.settings, self.settings.batching
@@ -151,8 +148,6 @@ class RewardModelRecipe:
                 dev = self.evaluate() if trainer.eval_every and position.step % trainer.eval_every == 0 else None
                 if trainer.checkpoint_every and position.step % trainer.checkpoint_every == 0:
                     self.save(dev, epoch, step_in_epoch + 1, final=False)
-        if self.progress is not None:
-            self.progress.close()
         return time.perf_counter() - self.started
 
     def step(self, epoch: int, step_in_epoch: int, groups: list, step_pairs: int) -> None:
@@ -166,10 +161,11 @@ class RewardModelRecipe:
         position.trained_steps.append([epoch, step_in_epoch])
         self.pairs_seen += step_pairs
         self.tokens_seen += batch.real_tokens * self.world  # the planner gives workers about equal tokens
-        self.window.add(out, len(groups))
-        if self.progress is not None:
-            self.progress.update(step_pairs)
-            write_progress(self.job["run_dir"], position.step, epoch, step_in_epoch, self.total_steps)
+        step_loss = self.window.add(out, len(groups))
+        if self.rank == 0:
+            write_progress(self.job["run_dir"], step=position.step, total_steps=self.total_steps, epoch=epoch,
+                           step_in_epoch=step_in_epoch, pairs_done=self.pairs_done_before + self.pairs_seen,
+                           total_pairs=self.source.total_pairs, loss=step_loss)
         if position.step % self.settings.trainer.log_every == 0 or position.step == self.total_steps:
             self.log(epoch + (step_in_epoch + 1) / self.source.steps_in_epoch(epoch))
 
@@ -181,13 +177,13 @@ class RewardModelRecipe:
                    "train/pairs_per_s": self.pairs_seen / elapsed, "train/tokens_per_s": self.tokens_seen / elapsed,
                    "train/epoch": epoch, **({"train/accuracy": accuracy} if accuracy is not None else {})}
         self.position.metrics_log.append({"step": step, **metrics})
-        if self.tracker:
+        if self.rank == 0:  # one line per logged step, from one worker
             self.tracker.log(metrics, step=step)
             total = self.source.total_pairs
             done = (self.pairs_done_before + self.pairs_seen) / total
             eta = elapsed / max(self.pairs_seen, 1) * (total - self.pairs_done_before - self.pairs_seen)
-            print(f"step {step}/{self.total_steps} | {done:.0%} | loss {metrics['train/loss']:.4f} | "
-                  f"{metrics['train/pairs_per_s']:.2f} examples/s | ETA {eta / 60:.1f} min", flush=True)
+            print_line(f"step {step}/{self.total_steps} | {done:.0%} | loss {metrics['train/loss']:.4f} | "
+                       f"{metrics['train/pairs_per_s']:.2f} examples/s | ETA {format_duration(eta)}")
 
     # -- evaluate ---------------------------------------------------------------------------------------
     def evaluate(self, log: bool = True) -> dict:
@@ -208,9 +204,9 @@ class RewardModelRecipe:
         if log:
             step = self.position.step
             self.position.metrics_log.append({"step": step, **{f"dev/{k}": v for k, v in metrics.items()}})
-            if self.tracker:
+            if self.rank == 0:
                 self.tracker.log({f"dev/{k}": v for k, v in metrics.items()}, step=step)
-                print(f"[step {step}/{self.total_steps}] dev: {headline(metrics)}", flush=True)
+                print_line(f"[step {step}/{self.total_steps}] dev: {headline(metrics)}")
         return metrics
 
     # -- save -------------------------------------------------------------------------------------------
@@ -252,12 +248,15 @@ class _Window:
     def __init__(self):
         self.loss, self.correct, self.groups, self.hard_pairs = 0.0, 0, 0, 0
 
-    def add(self, out, groups: int) -> None:
+    def add(self, out, groups: int) -> float:
+        """Count one step; returns its loss."""
         chosen, rejected, _, _ = out.inputs.pair_rewards()
-        self.loss += out.loss.item() * groups
+        loss = out.loss.item()
+        self.loss += loss * groups
         self.correct += int((chosen > rejected).sum().item())
         self.groups += groups
         self.hard_pairs += len(chosen)
+        return loss
 
     def take(self) -> tuple[float, float | None]:
         """(mean loss per group, accuracy on pairs with a preferred side or None), and start a new window."""

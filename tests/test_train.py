@@ -79,6 +79,33 @@ def test_two_worker_ddp_run_learns_and_checkpoint_reloads(tmp_path, tiny_backbon
     assert json.loads(out.stdout.strip().splitlines()[-1])["score"] == pytest.approx(float(chosen[0]), abs=1e-5)
 
 
+def test_progress_output_is_one_line_per_step_without_carriage_returns(tmp_path, tiny_backbone, ray_cluster):
+    """`python -m rlhf_rm.train` with stdout piped (as in CI or `ray job logs`): each logged step's line
+    appears exactly once, and no worker progress bar (nor any '\\r' redraw) reaches the output."""
+    import re
+
+    import ray
+
+    command = [sys.executable, "-m", "rlhf_rm.train", f"model.path={tiny_backbone}",
+               f"data.train={FIXTURES / 'hh_train_small.jsonl'}", f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}",
+               "trainer.num_workers=2", "batching.tokens_per_worker=1200", "trainer.log_every=1", "logger=none",
+               f"trainer.storage_path={tmp_path / 'ray'}", f"hydra.run.dir={tmp_path / 'run'}",
+               # join this module's cluster rather than start a second one
+               f"ray.address={ray.get_runtime_context().gcs_address}"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    output = out.stdout + out.stderr
+    assert out.returncode == 0, output[-3000:]
+    steps = re.findall(r"step (\d+)/(\d+) \|", output)
+    total = int(steps[0][1])
+    assert total >= 2
+    assert sorted(int(k) for k, _ in steps) == list(range(1, total + 1)), output[-3000:]  # each once
+    assert "\r" not in output
+    assert "pair/s]" not in output  # no tqdm bar (from the workers or anywhere else)
+    progress = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert progress["step"] == progress["total_steps"] == total
+    assert progress["pairs_done"] == progress["total_pairs"] == 40 and progress["loss"] > 0
+
+
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_zero_on_cpu(tmp_path, tiny_backbone, ray_cluster, stage):
     from rlhf_rm.model import read_metadata

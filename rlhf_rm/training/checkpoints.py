@@ -4,8 +4,6 @@ data position, metric history), reported to Ray Train; DeepSpeed's sharded state
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,12 +82,3 @@ def save_and_report(model, engine, tokenizer, rank: int, metadata: dict, train_s
         has_files = rank == 0 or engine is not None
         ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp) if has_files else None)
 
-
-def write_progress(run_dir: str, step: int, epoch: int, step_in_epoch: int, total_steps: int) -> None:
-    """A tiny file other processes (tests, dashboards) can poll for the current position."""
-    path = Path(run_dir) / "progress.json"
-    path.parent.mkdir(parents=True, exist_ok=True)  # rank 0 may sit on another node than the driver
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"step": step, "total_steps": total_steps, "epoch": epoch,
-                               "step_in_epoch": step_in_epoch, "pid": os.getpid()}))
-    tmp.replace(path)

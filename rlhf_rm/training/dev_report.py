@@ -17,8 +17,9 @@ def record_diagnostics(groups, scores: list, run_dir: str, tracker, step: int, t
         return {}
     diagnostics = pairs.diagnose()
     if tracker:
+        decode = tokenizer if tracker.log_texts else None  # logger.log_texts=false: scores only, no text
         tracker.log_evaluation(step, pairs.chosen, pairs.rejected, [
-            worst_pair_row(row, groups[int(row["id"])], tokenizer) for row in diagnostics["worst_pairs"]])
+            worst_pair_row(row, groups[int(row["id"])], decode) for row in diagnostics["worst_pairs"]])
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     Path(run_dir, "diagnostics.json").write_text(json.dumps(diagnostics, indent=2, default=str))
     length = diagnostics["length"]
@@ -27,11 +28,14 @@ def record_diagnostics(groups, scores: list, run_dir: str, tracker, step: int, t
             "ece": diagnostics["calibration"].get("ece")}
 
 
-def worst_pair_row(row: dict, group, tokenizer, prompt_tail_tokens: int = 48) -> list:
-    """One row of the W&B table of worst-scored dev pairs, with readable text."""
+def worst_pair_row(row: dict, group, tokenizer=None, prompt_tail_tokens: int = 48) -> list:
+    """One row of the W&B table of worst-scored dev pairs (tracking.SCORE_COLUMNS), with the decoded texts
+    (TEXT_COLUMNS) when a tokenizer is given; without one, no text at all."""
+    scores = [int(row["id"]), row["margin"], row["chosen"], row["rejected"]]
+    if tokenizer is None:
+        return scores
     first, second = (0, 1) if group.probability > 0.5 else (1, 0)
-    return [row["margin"], row["chosen"], row["rejected"],
-            tokenizer.decode(group.prompt_ids[-prompt_tail_tokens:]),
+    return [*scores, tokenizer.decode(group.prompt_ids[-prompt_tail_tokens:]),
             tokenizer.decode(group.response_ids[first]), tokenizer.decode(group.response_ids[second])]
 
 
