@@ -36,12 +36,17 @@ class Position:
     def state(self, epoch: int, step_in_epoch: int) -> dict:
         """train_state.pt's content for a checkpoint that resumes at (epoch, step_in_epoch)."""
         return {"epoch": epoch, "step_in_epoch": step_in_epoch, "step": self.step,
-                "rng": torch.get_rng_state(), "metrics_log": self.metrics_log, "trained_steps": self.trained_steps,
+                "rng": torch.get_rng_state(), "metrics_log": _plain(self.metrics_log), "trained_steps": self.trained_steps,
                 "resumed_from": self.resumed_from}
 
     def progress(self) -> dict:
         return {"steps": self.step, "metrics_log": self.metrics_log, "trained_steps": self.trained_steps,
                 "resumed_from": self.resumed_from}
+
+
+def _plain(value):
+    """JSON-plain copy (numpy scalars become floats): what a weights_only load accepts."""
+    return json.loads(json.dumps(value, default=float))
 
 
 def resume_directory(resume: str) -> str | None:
@@ -56,7 +61,8 @@ def resume_directory(resume: str) -> str | None:
 
 
 def load_train_state(resume_dir: str | None) -> dict | None:
-    return torch.load(Path(resume_dir) / TRAIN_STATE_FILE, weights_only=False) if resume_dir else None
+    # weights_only: the file may sit on shared storage, and a full unpickle would run whatever it holds.
+    return torch.load(Path(resume_dir) / TRAIN_STATE_FILE, weights_only=True) if resume_dir else None
 
 
 def position_from(state: dict | None) -> Position:
