@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import SHARED_DATA
+from conftest import require_shared_data
 from rlhf_rm.config import GROUP_SCHEMAS, ConfigError, TrainConfig, conf_dir, settings_from
 
 CONF = conf_dir()
@@ -115,8 +115,8 @@ def test_invalid_settings_fail_at_start_up(override, message):
         settings_from(compose(overrides))
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "oasst-ranked").exists(), reason="shared data not present")
 def test_loss_data_mismatch_fails_before_training(tmp_path, tiny_backbone):
+    require_shared_data("oasst-ranked")
     import ray
 
     from rlhf_rm.losses import LossDataMismatch

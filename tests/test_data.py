@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import FIXTURES, SHARED_DATA
+from conftest import FIXTURES, SHARED_DATA, require_shared_data
 from rlhf_rm.data import DataError, load_pairs
 
 
@@ -114,7 +114,7 @@ def test_limit_reads_first_rows():
     assert len(pairs) == 5 and report.rows_read == 5
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "hh-rlhf-harmless").exists(), reason="shared data not present")
 def test_shipped_hh_rlhf_loads_completely():
+    require_shared_data("hh-rlhf-harmless")
     pairs, report = load_pairs(SHARED_DATA / "hh-rlhf-harmless" / "dev.jsonl")
     assert report.used == report.rows_read == 208
