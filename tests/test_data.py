@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,7 +31,9 @@ def test_implicit_prompt_hh_split():
     assert report.used == report.rows_read == 40
     for pair in pairs:
         assert pair.prompt.endswith("\n\nAssistant:")
-        assert "\n\nAssistant:" not in pair.chosen or pair.chosen != pair.rejected
+        # The prompt is the *longest* shared prefix ending in the separator: past it, the two responses
+        # share no further separator (the check before this one could not fail: chosen != rejected always).
+        assert "\n\nAssistant:" not in os.path.commonprefix([pair.chosen, pair.rejected])
     first = json.loads((FIXTURES / "hh_train_small.jsonl").read_text().splitlines()[0])
     assert pairs[0].prompt + pairs[0].chosen == first["chosen"]
     assert pairs[0].prompt + pairs[0].rejected == first["rejected"]
