@@ -98,3 +98,142 @@ def test_train_state_loads_with_weights_only(tmp_path):
     with pytest.raises(Exception):
         load_train_state(str(tmp_path))
     assert not _Payload.ran
+
+
+# -- the recipe's save and resume, in-process ------------------------------------------------------------
+# The training recipe (rlhf_rm/trainer.py) run directly, without a Ray cluster: Ray Train's few calls (context,
+# get_checkpoint, report) are replaced by a stand-in that keeps every reported checkpoint, like Ray's storage.
+# A "kill" raises inside a step; the rerun gets the latest checkpoint, exactly what Ray Train hands back when
+# a run is restarted with the same run_name and storage path.
+
+class _Killed(Exception):
+    pass
+
+
+class _RayTrainStandIn:
+    def __init__(self, storage: Path, world: int = 1):
+        self.storage, self.world, self.reported, self.latest = storage, world, [], None
+
+    def install(self, monkeypatch):
+        import ray
+        import ray.experimental.tqdm_ray
+        import ray.train
+
+        monkeypatch.setattr(ray, "get", lambda value: value)
+        monkeypatch.setattr(ray.train, "get_context", lambda: SimpleNamespace(
+            get_world_rank=lambda: 0, get_world_size=lambda: self.world))
+        monkeypatch.setattr(ray.train, "get_checkpoint", lambda: self.latest)
+        monkeypatch.setattr(ray.train, "report", self.report)
+        monkeypatch.setattr(ray.experimental.tqdm_ray, "tqdm", lambda **_: SimpleNamespace(
+            update=lambda n: None, close=lambda: None))
+
+    def report(self, metrics, checkpoint=None):
+        from ray.train import Checkpoint
+
+        if checkpoint is None:
+            return
+        target = self.storage / f"checkpoint_{len(self.reported):03d}"
+        shutil.copytree(checkpoint.path, target)
+        self.reported.append((dict(metrics), target))
+        self.latest = Checkpoint.from_directory(str(target))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tiny_backbone):
+    """The tiny run's settings overrides and prepared data, shared by the resume tests."""
+    from conftest import FIXTURES
+
+    return [f"model.path={tiny_backbone}", f"data.train={FIXTURES / 'hh_train_small.jsonl'}",
+            f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}", "data.limit=24", "data.dev_limit=8",
+            "trainer.num_workers=1", "batching.tokens_per_worker=700", "trainer.lr=2e-3", "trainer.warmup_ratio=0",
+            "trainer.log_every=1", "logger=none", "trainer.checkpoint_every=2", "trainer.max_steps=6",
+            "trainer.epochs=2", "run_name=recipe"]
+
+
+def _run(tmp_path, overrides: list[str], ray_train: _RayTrainStandIn, kill_at: int | None = None,
+         monkeypatch=None) -> dict:
+    """One (possibly killed) run of the recipe; returns the final checkpoint's rlhf_rm.json."""
+    from rlhf_rm.backbone import resolve_backbone
+    from rlhf_rm.config import compose, settings_from
+    from rlhf_rm.model import load_tokenizer, read_metadata
+    from rlhf_rm.prepare import build_encoder, prepare_splits
+    from rlhf_rm.train import checkpoint_metadata
+    from rlhf_rm import trainer
+
+    settings = settings_from(compose(overrides))
+    backbone = resolve_backbone(settings.model.path)
+    encoder = build_encoder(load_tokenizer(backbone), settings.data)
+    train, dev = prepare_splits(settings.data, encoder, tmp_path / "run", settings.seed, backbone, 1)
+    job = {"settings": settings, "backbone_path": backbone, "run_dir": str(tmp_path / "run"),
+           "train_ref": train.groups, "dev_ref": dev.groups, "stream": None,
+           "metadata": checkpoint_metadata(settings, train, dev, encoder.spec)}
+    if kill_at is not None:
+        real_step = trainer.RewardModelRecipe.step
+
+        def step(recipe, *args):
+            if recipe.position.step + 1 == kill_at:
+                raise _Killed(f"killed before step {kill_at}")
+            return real_step(recipe, *args)
+
+        monkeypatch.setattr(trainer.RewardModelRecipe, "step", step)
+        with pytest.raises(_Killed):
+            trainer.train_loop_per_worker(job)
+        monkeypatch.setattr(trainer.RewardModelRecipe, "step", real_step)
+        return {}
+    trainer.train_loop_per_worker(job)
+    return read_metadata(ray_train.reported[-1][1])
+
+
+def _losses(meta: dict) -> dict[int, float]:
+    return {entry["step"]: entry["train/loss"] for entry in meta["metrics_log"] if "train/loss" in entry}
+
+
+def _weights(checkpoint: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, prepared, lora):
+    """Kill before step 5 (the last checkpoint is step 4), rerun: steps continue at 5, optimizer and scheduler
+    state come back, and the losses and final weights equal an uninterrupted run's. LoRA used to resume onto
+    merged weights with *fresh* adapters (and old optimizer moments on them): its losses after the resume
+    differed. Intermediate checkpoints also carry reward_mean/std (a pool normalizing with them answered 400)."""
+    overrides = [*prepared, *(["model.lora.enabled=true", "model.lora.r=4"] if lora else [])]
+    straight = _RayTrainStandIn(tmp_path / "straight")
+    straight.install(monkeypatch)
+    uninterrupted = _run(tmp_path / "a", overrides, straight)
+
+    resumed_train = _RayTrainStandIn(tmp_path / "resumed")
+    resumed_train.install(monkeypatch)
+    _run(tmp_path / "b", overrides, resumed_train, kill_at=5, monkeypatch=monkeypatch)
+    assert [m["step"] for m, _ in resumed_train.reported] == [2, 4]
+    for _, checkpoint in resumed_train.reported:  # intermediate checkpoints, normalizable
+        meta = json.loads((checkpoint / "rlhf_rm.json").read_text())
+        assert meta["reward_std"] > 0 and meta["reward_mean"] is not None, checkpoint
+    resumed = _run(tmp_path / "b", overrides, resumed_train)
+    assert resumed["resumed_from"] == [4]
+    assert [tuple(s) for s in resumed["trained_steps"]] == [tuple(s) for s in uninterrupted["trained_steps"]]
+    want, got = _losses(uninterrupted), _losses(resumed)
+    assert sorted(got) == list(range(1, 7))
+    for step in range(1, 7):
+        assert got[step] == pytest.approx(want[step], abs=1e-5), (step, got, want)
+    straight_weights, resumed_weights = _weights(straight.reported[-1][1]), _weights(resumed_train.reported[-1][1])
+    for name, tensor in straight_weights.items():
+        torch.testing.assert_close(resumed_weights[name], tensor, atol=1e-5, rtol=0)
+
+
+def test_incompatible_resume_is_refused_with_a_message(tmp_path, monkeypatch, prepared):
+    """A rerun with the same run_name but another world size, max_steps or data used to continue silently
+    from the old checkpoint (its data position meaningless under the new plan)."""
+    stand_in = _RayTrainStandIn(tmp_path / "ray")
+    stand_in.install(monkeypatch)
+    _run(tmp_path, prepared, stand_in, kill_at=3, monkeypatch=monkeypatch)
+    for change, named in ((["trainer.max_steps=8"], "max_steps"), (["data.limit=20"], "data"),
+                          (["batching.tokens_per_worker=900"], "batching")):
+        with pytest.raises(ValueError, match=f"cannot resume.*{named}"):
+            _run(tmp_path, [*prepared, *change], stand_in)
+    stand_in.world = 2
+    with pytest.raises(ValueError, match="cannot resume.*world_size"):
+        _run(tmp_path, prepared, stand_in)
