@@ -144,9 +144,9 @@ def prepared(tmp_path_factory, tiny_backbone):
     from conftest import FIXTURES
 
     return [f"model.path={tiny_backbone}", f"data.train={FIXTURES / 'hh_train_small.jsonl'}",
-            f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}", "data.limit=24", "data.dev_limit=8",
+            f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}", "data.limit=16", "data.dev_limit=6",
             "trainer.num_workers=1", "batching.tokens_per_worker=700", "trainer.lr=2e-3", "trainer.warmup_ratio=0",
-            "trainer.log_every=1", "logger=none", "trainer.checkpoint_every=2", "trainer.max_steps=6",
+            "trainer.log_every=1", "logger=none", "trainer.checkpoint_every=2", "trainer.max_steps=4",
             "trainer.epochs=2", "run_name=recipe"]
 
 
@@ -196,7 +196,7 @@ def _weights(checkpoint: Path) -> dict:
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, prepared, lora):
-    """Kill before step 5 (the last checkpoint is step 4), rerun: steps continue at 5, optimizer and scheduler
+    """Kill before step 4 (the last checkpoint is step 2), rerun: steps continue at 3, optimizer and scheduler
     state come back, and the losses and final weights equal an uninterrupted run's. LoRA used to resume onto
     merged weights with *fresh* adapters (and old optimizer moments on them): its losses after the resume
     differed. Intermediate checkpoints also carry reward_mean/std (a pool normalizing with them answered 400)."""
@@ -207,17 +207,17 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, p
 
     resumed_train = _RayTrainStandIn(tmp_path / "resumed")
     resumed_train.install(monkeypatch)
-    _run(tmp_path / "b", overrides, resumed_train, kill_at=5, monkeypatch=monkeypatch)
-    assert [m["step"] for m, _ in resumed_train.reported] == [2, 4]
+    _run(tmp_path / "b", overrides, resumed_train, kill_at=4, monkeypatch=monkeypatch)
+    assert [m["step"] for m, _ in resumed_train.reported] == [2]
     for _, checkpoint in resumed_train.reported:  # intermediate checkpoints, normalizable
         meta = json.loads((checkpoint / "rlhf_rm.json").read_text())
         assert meta["reward_std"] > 0 and meta["reward_mean"] is not None, checkpoint
     resumed = _run(tmp_path / "b", overrides, resumed_train)
-    assert resumed["resumed_from"] == [4]
+    assert resumed["resumed_from"] == [2]
     assert [tuple(s) for s in resumed["trained_steps"]] == [tuple(s) for s in uninterrupted["trained_steps"]]
     want, got = _losses(uninterrupted), _losses(resumed)
-    assert sorted(got) == list(range(1, 7))
-    for step in range(1, 7):
+    assert sorted(got) == list(range(1, 5))
+    for step in range(1, 5):
         assert got[step] == pytest.approx(want[step], abs=1e-5), (step, got, want)
     straight_weights, resumed_weights = _weights(straight.reported[-1][1]), _weights(resumed_train.reported[-1][1])
     for name, tensor in straight_weights.items():
@@ -230,7 +230,7 @@ def test_incompatible_resume_is_refused_with_a_message(tmp_path, monkeypatch, pr
     stand_in = _RayTrainStandIn(tmp_path / "ray")
     stand_in.install(monkeypatch)
     _run(tmp_path, prepared, stand_in, kill_at=3, monkeypatch=monkeypatch)
-    for change, named in ((["trainer.max_steps=8"], "max_steps"), (["data.limit=20"], "data"),
+    for change, named in ((["trainer.max_steps=6"], "max_steps"), (["data.limit=12"], "data"),
                           (["batching.tokens_per_worker=900"], "batching")):
         with pytest.raises(ValueError, match=f"cannot resume.*{named}"):
             _run(tmp_path, [*prepared, *change], stand_in)
