@@ -237,3 +237,18 @@ def test_incompatible_resume_is_refused_with_a_message(tmp_path, monkeypatch, pr
     stand_in.world = 2
     with pytest.raises(ValueError, match="cannot resume.*world_size"):
         _run(tmp_path, prepared, stand_in)
+
+
+def test_each_rank_restores_its_own_rng_state():
+    """Only rank 0's RNG state was saved and every rank restored it: the other ranks' streams (dropout,
+    sampling) restarted as copies of rank 0's."""
+    from rlhf_rm.training.checkpoints import Position, position_from
+
+    torch.manual_seed(1)
+    rank0 = torch.get_rng_state()
+    torch.manual_seed(2)
+    rank1 = torch.get_rng_state()
+    state = Position(step=1).state(0, 1, [rank0, rank1])
+    for rank, expected in ((1, rank1), (0, rank0)):
+        position_from(state, rank)
+        assert torch.equal(torch.get_rng_state(), expected), rank
