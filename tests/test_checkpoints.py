@@ -252,3 +252,61 @@ def test_each_rank_restores_its_own_rng_state():
     for rank, expected in ((1, rank1), (0, rank0)):
         position_from(state, rank)
         assert torch.equal(torch.get_rng_state(), expected), rank
+
+
+def test_wandb_offline_files_hold_the_metrics_and_tables_of_an_ensemble_run(tmp_path, monkeypatch, prepared):
+    """A real offline W&B run (logger=wandb, WANDB_MODE=offline from conftest) of a 2-head ensemble: its
+    summary holds the train and dev metrics (the ensemble's spread among them) and the worst-pairs table
+    is written as a W&B table file."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    stand_in = _RayTrainStandIn(tmp_path / "ray")
+    stand_in.install(monkeypatch)
+    overrides = [o for o in prepared if not o.startswith("logger=")] + ["logger=wandb", "model.ensemble_size=2",
+                                                                        "trainer.checkpoint_every=0"]
+    meta = _run(tmp_path, overrides, stand_in)
+    assert meta["config"]["model"]["ensemble_size"] == 2
+    import wandb
+
+    wandb.teardown()  # the W&B service writes the run's log asynchronously; stopping it flushes everything
+    [run_dir] = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    [log] = run_dir.glob("run-*.wandb")
+    history, summary = _wandb_records(log.read_bytes())
+    assert [row["_step"] for row in history if "train/loss" in row] == ["1", "2", "3", "4"], (len(log.read_bytes()), history)
+    assert float(summary["train_steps"]) == 4 and 0.0 <= float(summary["dev/accuracy"]) <= 1.0
+    assert float(summary["dev/ensemble_spread_mean"]) > 0
+    assert any(row.get("dev/worst_pairs/_type") == '"table-file"' for row in history)
+    [table] = (run_dir / "files").glob("media/table/dev/worst_pairs_*.table.json")
+    table = json.loads(table.read_text())
+    assert table["columns"][:3] == ["margin", "chosen_reward", "rejected_reward"] and table["data"]
+
+
+def _wandb_records(data: bytes) -> tuple[list[dict], dict]:
+    """History rows and the final summary of an offline run's .wandb file: a LevelDB-style log (32 KiB
+    blocks, 7-byte record headers; the file opens with a 7-byte W&B header) of protobuf Records."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    chunks, pending, pos = [], b"", 7
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:
+            pos += 32768 - pos % 32768  # a block's tail too short for a header is padding
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 2):  # full, first
+            pending = chunk
+        elif kind in (3, 4):  # middle, last
+            pending += chunk
+        if kind in (1, 4):
+            chunks.append(pending)
+    history, summary = [], {}
+    for chunk in chunks:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(chunk)
+        items = {"history": lambda: record.history.item, "summary": lambda: record.summary.update}
+        kind = record.WhichOneof("record_type")
+        if kind in items:
+            row = {item.key or "/".join(item.nested_key): item.value_json for item in items[kind]()}
+            history.append(row) if kind == "history" else summary.update(row)
+    return history, summary
