@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -222,6 +223,35 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, p
     straight_weights, resumed_weights = _weights(straight.reported[-1][1]), _weights(resumed_train.reported[-1][1])
     for name, tensor in straight_weights.items():
         torch.testing.assert_close(resumed_weights[name], tensor, atol=1e-5, rtol=0)
+
+
+def test_deepspeed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, prepared):
+    """DeepSpeed ZeRO-2 (one process, gloo): the resumed run restores the engine's sharded state and
+    ends where the uninterrupted run ends."""
+    import torch.distributed as dist
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
+        monkeypatch.setenv(name, value)
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        overrides = [*prepared, "deepspeed=zero2"]
+        straight = _RayTrainStandIn(tmp_path / "straight")
+        straight.install(monkeypatch)
+        uninterrupted = _run(tmp_path / "a", overrides, straight)
+        resumed_train = _RayTrainStandIn(tmp_path / "resumed")
+        resumed_train.install(monkeypatch)
+        _run(tmp_path / "b", overrides, resumed_train, kill_at=4, monkeypatch=monkeypatch)
+        assert (resumed_train.reported[0][1] / "deepspeed").is_dir()
+        resumed = _run(tmp_path / "b", overrides, resumed_train)
+    finally:
+        dist.destroy_process_group()
+    assert resumed["resumed_from"] == [2]
+    want, got = _losses(uninterrupted), _losses(resumed)
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in range(1, 5):
+        assert got[step] == pytest.approx(want[step], abs=1e-5), (step, got, want)
 
 
 def test_incompatible_resume_is_refused_with_a_message(tmp_path, monkeypatch, prepared):
