@@ -11,7 +11,8 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # The project's shared data sets (../shared/data beside the checkout; CI always has them).
-SHARED_DATA = Path(os.environ.get("RLHF_RM_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+SHARED_DATA = Path(os.environ.get("RLHF_RM_SHARED_DATA")
+                   or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Token caches written by tests stay out of the user's ~/.cache (Ray workers inherit this too).

@@ -93,7 +93,8 @@ def test_train_state_loads_with_weights_only(tmp_path):
     torch.save(state, tmp_path / TRAIN_STATE_FILE)
     loaded = load_train_state(str(tmp_path))
     assert loaded["step"] == 3 and loaded["metrics_log"][0]["train/loss"] == 0.5
-    torch.testing.assert_close(loaded["optimizer"]["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    torch.testing.assert_close(loaded["optimizer"]["state"][0]["exp_avg"],
+                               optimizer.state_dict()["state"][0]["exp_avg"])
 
     torch.save({"step": 1, "evil": _Payload()}, tmp_path / TRAIN_STATE_FILE)
     with pytest.raises(Exception):
@@ -291,8 +292,8 @@ def test_wandb_offline_files_hold_the_metrics_and_tables_of_an_ensemble_run(tmp_
     monkeypatch.setenv("WANDB_MODE", "offline")
     stand_in = _RayTrainStandIn(tmp_path / "ray")
     stand_in.install(monkeypatch)
-    overrides = [o for o in prepared if not o.startswith("logger=")] + ["logger=wandb", "model.ensemble_size=2",
-                                                                        "trainer.checkpoint_every=0"]
+    overrides = [*(o for o in prepared if not o.startswith("logger=")),
+                 "logger=wandb", "model.ensemble_size=2", "trainer.checkpoint_every=0"]
     meta = _run(tmp_path, overrides, stand_in)
     assert meta["config"]["model"]["ensemble_size"] == 2
     import wandb
