@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 from rlhf_rm.serve.config import LiveSettings, ServeConfig
 from rlhf_rm.serve.deployment import ScoringDeployment
@@ -83,8 +84,15 @@ def _running_app(app_name: str) -> dict | None:
 
     if app_name not in serve.status().applications:
         return None
-    try:
+
+    def ask() -> dict:
         return serve.get_app_handle(app_name).redeploy_state.remote().result(timeout_s=60)
+
+    try:
+        # On a thread of its own: a handle's blocking result() refuses to run inside an event loop, and the
+        # Train controller (publish_to_serve) calls start() from one.
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(ask).result()
     except Exception:  # noqa: BLE001 - the caller decides what an unanswering app means
         return _UNANSWERED
 
