@@ -9,7 +9,8 @@ the pool for rewards through a `RewardClient` (a DeploymentHandle; prompts go as
 reward model renders them with its own template), and takes a clipped-surrogate step:
 
     reward_i   = RM(prompt, reply_i) - kl_coef * sum_t [log pi_old - log pi_ref]     (sequence KL penalty)
-    advantage  = (reward_i - mean over the prompt's samples) / (std + 1e-6)           (group baseline)
+    advantage  = (reward_i - mean over the prompt's samples) / (std + 1e-6)           (group baseline;
+                 with --samples-per-prompt 1, the batch is the group)
     loss       = -mean_t min(ratio_t * A, clip(ratio_t, 1 - eps, 1 + eps) * A),  ratio = pi / pi_old
 
 Actors learn independently (no gradient sync; this shows the serving side, not distributed PPO).
@@ -38,6 +39,17 @@ def first_human_turns(path: Path, limit: int) -> list[str]:
         if len(prompts) == limit:
             break
     return prompts
+
+
+def baseline_advantages(rewards, samples: int):
+    """(reward - baseline) / (std + 1e-6), the baseline being the prompt's other samples (rewards are grouped
+    by prompt, `samples` each). With one sample per prompt there is no group to compare with: the whole
+    batch is the baseline (torch's unbiased std of one value is NaN, which used to poison every step)."""
+    grouped = rewards.view(-1, samples) if samples > 1 else rewards.view(1, -1)
+    if grouped.shape[1] < 2:
+        return rewards.new_zeros(rewards.shape)  # a single reward in the batch carries no relative signal
+    centred = grouped - grouped.mean(1, keepdim=True)
+    return (centred / (grouped.std(1, keepdim=True, unbiased=False) + 1e-6)).reshape(-1)
 
 
 def make_policy_actor():
@@ -101,8 +113,7 @@ def make_policy_actor():
                 ref = self._token_logprobs(self.reference, sequences, attention_mask, width)
             kl = ((old - ref) * completion_mask).sum(1)
             total = rm_scores - self.kl_coef * kl
-            grouped = total.view(len(prompts), samples)
-            advantages = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-6)).view(-1)
+            advantages = baseline_advantages(total, samples)
 
             self.policy.train()
             for _ in range(ppo_epochs):

@@ -21,7 +21,9 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,15 +72,30 @@ def runtime_env(env_names: list[str]) -> dict:
     return {"excludes": UPLOAD_EXCLUDES, "env_vars": env_vars}
 
 
+@contextmanager
+def runtime_env_file(env_names: list[str]):
+    """The runtime env in a file only we can read, removed once submitted: forwarded values (--env, e.g.
+    WANDB_API_KEY) never appear on a command line (`ps`), in the printed command or in the entrypoint
+    Ray records for the job."""
+    handle, path = tempfile.mkstemp(prefix="rlhf_rm_runtime_env_", suffix=".yaml")  # mode 0600
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(runtime_env(env_names), out)  # JSON is YAML
+        yield path
+    finally:
+        os.unlink(path)
+
+
 def ray_executable() -> str:
     """The `ray` CLI beside this interpreter (a venv not on PATH), else the one on PATH."""
     beside = Path(sys.executable).parent / "ray"
     return str(beside) if beside.exists() else "ray"
 
 
-def submit_command(opts: argparse.Namespace, entrypoint: list[str]) -> list[str]:
+def submit_command(opts: argparse.Namespace, entrypoint: list[str], runtime_env_path: str = "RUNTIME_ENV_FILE"
+                   ) -> list[str]:
     command = [ray_executable(), "job", "submit", "--address", opts.address, "--working-dir", str(opts.working_dir),
-               "--runtime-env-json", json.dumps(runtime_env(opts.env))]
+               "--runtime-env", runtime_env_path]
     if opts.submission_id:
         command += ["--submission-id", opts.submission_id]
     if opts.gpus:
@@ -117,11 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     opts, passthrough = parse(sys.argv[1:] if argv is None else argv)
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     entrypoint = job_command(opts.job, passthrough, opts.python, opts.output_root, stamp)
-    command = submit_command(opts, entrypoint)
-    print(shlex.join(command), flush=True)
+    forwarded = ", ".join(["TOKENIZERS_PARALLELISM", *opts.env])
     if opts.dry_run:
+        runtime_env(opts.env)  # the same checks (every --env set), without writing the values anywhere
+        print(shlex.join(submit_command(opts, entrypoint)), flush=True)
+        print(f"runtime env: uploads {opts.working_dir}; forwards {forwarded} (values not shown)", flush=True)
         return 0
-    return subprocess.run(command, env=submit_env()).returncode
+    with runtime_env_file(opts.env) as path:
+        command = submit_command(opts, entrypoint, path)
+        print(shlex.join(command), f"\n(runtime env forwards {forwarded}; values not shown)", flush=True)
+        return subprocess.run(command, env=submit_env()).returncode
 
 
 def submit_env() -> dict:

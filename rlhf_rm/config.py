@@ -132,7 +132,9 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     seed: int = 0
-    run_name: str = "${now:%Y-%m-%d_%H-%M-%S}"  # rerun with the same run_name (and storage path) to resume
+    # A timestamp plus a random suffix: two runs started in the same second on one storage path must not share
+    # a directory (nor resume each other). Rerun with the same run_name (and storage path) to resume.
+    run_name: str = "${rlhf_rm_run_name:}"
 
 
 @dataclass
@@ -179,12 +181,22 @@ def choices() -> dict[str, tuple]:
             "trainer.resume": ("auto", "never"), "logger.backend": TRACKING_BACKENDS}
 
 
+def new_run_name() -> str:
+    """run_name's default: the start time to the second and 6 random hex digits."""
+    import secrets
+    import time
+
+    return f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{secrets.token_hex(3)}"
+
+
 def register_schemas() -> None:
     """Make the schemas known to Hydra; conf/config.yaml and conf/evaluate.yaml list them first."""
     from hydra.core.config_store import ConfigStore
     from hydra.core.utils import setup_globals
 
-    setup_globals()  # Hydra's ${now:...} resolver (run_name's default), also outside a Hydra app
+    setup_globals()  # Hydra's ${now:...} resolver, also outside a Hydra app
+    if not OmegaConf.has_resolver("rlhf_rm_run_name"):
+        OmegaConf.register_new_resolver("rlhf_rm_run_name", new_run_name)
 
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
@@ -254,6 +266,11 @@ def validate(settings: TrainConfig) -> None:
         raise ConfigError(f"trainer.betas={list(trainer.betas)}: two numbers in [0, 1)")
     if batching.attention == "flex" and batching.layout == "separate":
         raise ConfigError("batching.attention=flex needs a tree layout (prefix_shared, packed or packed_shared)")
+    zero_stage = (settings.deepspeed.config or {}).get("zero_optimization", {}).get("stage", 0)
+    if settings.model.lora.enabled and settings.deepspeed.enabled and zero_stage == 3:
+        # Merging adapters for the checkpoint needs the whole weights on one rank; ZeRO-3 shards them.
+        raise ConfigError("model.lora.enabled=true: LoRA with DeepSpeed ZeRO-3 cannot save a merged checkpoint; "
+                          "use deepspeed=zero2 (adapters are small) or no DeepSpeed")
     if not isinstance(settings.loss, dict) or "name" not in settings.loss:
         raise ConfigError(f"loss must be a mapping with a name, got {settings.loss!r}")
     try:

@@ -65,3 +65,23 @@ def full_state_dict(engine, rank: int) -> dict | None:
     if rank != 0:
         return None
     return {key.removeprefix(WRAPPER_PREFIX): value for key, value in full.items()}
+
+
+def adapter_state(model: RewardModel) -> dict | None:
+    """The trainable parameters of a LoRA model (adapters + head), unmerged: what a resume must restore,
+    since the saved HF weights have the adapters merged in. None without LoRA."""
+    if not hasattr(model.hf_model, "merge_and_unload"):
+        return None
+    return {name: param.detach().cpu().clone() for name, param in model.named_parameters() if param.requires_grad}
+
+
+def load_adapter_state(model: RewardModel, adapters: dict) -> None:
+    """Put saved adapters (adapter_state) back into a freshly built LoRA model of the same shape."""
+    params = dict(model.named_parameters())
+    missing = sorted(set(adapters) - set(params)) + sorted(n for n, p in params.items()
+                                                           if p.requires_grad and n not in adapters)
+    if missing:
+        raise ValueError(f"the checkpoint's LoRA adapters do not fit this model: {missing[:5]}")
+    with torch.no_grad():
+        for name, value in adapters.items():
+            params[name].copy_(value)

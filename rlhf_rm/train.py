@@ -113,18 +113,42 @@ def build_trainer(settings: TrainConfig, loop_config: dict, train: PreparedSplit
 def write_results(result, run_dir: Path, train: PreparedSplit, dev: PreparedSplit, wall_seconds: float) -> dict:
     """Copy the final checkpoint into the run dir, write metrics.json and print where everything went."""
     checkpoint_dir = run_dir / "checkpoint"
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     with result.checkpoint.as_directory() as source:
-        shutil.copytree(source, checkpoint_dir)
+        replace_directory(source, checkpoint_dir)
     metrics = dict(result.metrics)
     metrics["wall_seconds"] = wall_seconds
     metrics["checkpoint"] = str(checkpoint_dir)
     metrics["data"] = {"train": train.summary, "dev": dev.summary}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=str))
     print(f"dev: {headline(metrics, prefix='dev_')} on {dev.count} examples; "
           f"{metrics['train_pairs_per_s']:.2f} examples/s; wall {metrics['wall_seconds']:.0f}s", flush=True)
     print(f"checkpoint: {checkpoint_dir}\nmetrics:    {run_dir / 'metrics.json'}", flush=True)
     return metrics
+
+
+def replace_directory(source: str | Path, target: Path) -> None:
+    """Copy `source` to `target`, replacing it only once the copy is complete: a failure half way (disk
+    full, a kill) leaves the previous `target` as it was."""
+    staging = target.with_name(f"{target.name}.copying")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        shutil.copytree(source, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    previous = target.with_name(f"{target.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if target.exists():
+        target.replace(previous)
+    staging.replace(target)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary name, then rename: readers see the old file or the whole new one."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def storage_location(path: str) -> str:

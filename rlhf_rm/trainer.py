@@ -25,10 +25,10 @@ from rlhf_rm.config import TrainConfig, as_dict
 from rlhf_rm.losses import build_loss
 from rlhf_rm.metrics import group_metrics, headline
 from rlhf_rm.model import load_tokenizer
-from rlhf_rm.model_state import build_reward_model
+from rlhf_rm.model_state import build_reward_model, load_adapter_state
 from rlhf_rm.tracking import RunTracker
-from rlhf_rm.training.checkpoints import (DEEPSPEED_DIR, load_train_state, position_from, resume_directory,
-                                          save_and_report)
+from rlhf_rm.training.checkpoints import (DEEPSPEED_DIR, all_rng_states, check_resume, load_train_state,
+                                          position_from, resume_contract, resume_directory, save_and_report)
 from rlhf_rm.training.dev_report import flatten, record_diagnostics
 from rlhf_rm.training.progress import format_duration, print_line, write_progress
 from rlhf_rm.training.sources import PlannedSteps, StreamedSteps
@@ -66,7 +66,7 @@ class RewardModelRecipe:
         self.loss_fn = build_loss(settings.loss)
         self._setup_data()
         self._setup_model()
-        self.position = position_from(self.state)
+        self.position = position_from(self.state, self.rank)
         if self.rank == 0 and self.state:
             print_line(f"resuming at step {self.position.step} (epoch {self.position.epoch}, "
                        f"step {self.position.step_in_epoch} of it)")
@@ -99,11 +99,19 @@ class RewardModelRecipe:
         settings = self.settings
         resume_dir = resume_directory(settings.trainer.resume)
         self.state = load_train_state(resume_dir)
+        self.contract = resume_contract(settings, self.world, self.total_steps)
+        check_resume(self.state, self.contract, str(settings.run_name))
         use_deepspeed = settings.deepspeed.enabled
-        weights = resume_dir if resume_dir and not use_deepspeed else self.job["backbone_path"]
+        # The saved HF weights have LoRA adapters merged in: a LoRA resume starts from the backbone and puts
+        # the saved adapters back (DeepSpeed restores the whole module from its own state).
+        adapters = (self.state or {}).get("adapters")
+        from_checkpoint = resume_dir and not use_deepspeed and not adapters
+        weights = resume_dir if from_checkpoint else self.job["backbone_path"]
         self.tokenizer = load_tokenizer(weights)
         self.model = build_reward_model(weights, self.tokenizer, settings.model, settings.batching.attention,
                                         settings.trainer.gradient_checkpointing)
+        if adapters and not use_deepspeed:
+            load_adapter_state(self.model, adapters)
         self.optimizer, self.scheduler = build_optimizer(self.model, settings.trainer, self.total_steps)
         self.engine = None
         if use_deepspeed:
@@ -212,14 +220,17 @@ class RewardModelRecipe:
     # -- save -------------------------------------------------------------------------------------------
     def save(self, dev: dict | None, epoch: int, step_in_epoch: int, final: bool, extra: dict | None = None) -> None:
         """A resumable checkpoint at (epoch, step_in_epoch), reported to Ray Train with the dev metrics."""
+        if dev is None:  # every checkpoint carries its own reward mean/std (serving normalizes with them)
+            dev = self.evaluate(log=False)
         position = self.position
         metadata = {**self.job["metadata"], **position.progress(), "final": final}
         if dev is not None:
             metadata.update({"dev_metrics": dev, "reward_mean": dev.get("reward_mean"),
                              "reward_std": dev.get("reward_std")})
         report = {"step": position.step, **({f"dev_{k}": v for k, v in dev.items()} if dev else {}), **(extra or {})}
-        save_and_report(self.model, self.engine, self.tokenizer, self.rank, metadata,
-                        position.state(epoch, step_in_epoch), self.optimizer, self.scheduler, report)
+        train_state = {**position.state(epoch, step_in_epoch, all_rng_states(self.world)), "contract": self.contract}
+        save_and_report(self.model, self.engine, self.tokenizer, self.rank, metadata, train_state, self.optimizer,
+                        self.scheduler, report)
 
     def finish(self, train_seconds: float) -> None:
         """The final evaluation, summary and checkpoint."""

@@ -10,13 +10,23 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The project's shared data sets (../shared/data beside the checkout; CI always has them).
+SHARED_DATA = Path(os.environ.get("RLHF_RM_SHARED_DATA")
+                   or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Token caches written by tests stay out of the user's ~/.cache (Ray workers inherit this too).
 os.environ.setdefault("RLHF_RM_CACHE", tempfile.mkdtemp(prefix="rlhf_rm_test_cache_"))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def require_shared_data(name: str) -> Path:
+    """A shared data set a test needs: missing is a failure, never a silent skip (CI always has them)."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.fail(f"shared data set {path} is missing (tests need ../shared/data)", pytrace=False)
+    return path
 
 
 def fixture_texts() -> list[str]:

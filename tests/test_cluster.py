@@ -65,7 +65,7 @@ def test_launcher_passes_overrides_through_and_adds_cluster_defaults():
     entry = command[command.index("--") + 1:]
     assert entry == ["python", "-m", "rlhf_rm.train", "data.limit=8", "data.dev=[a, b]",
                      "hydra.run.dir=/out/train/T", "ray.address=auto", "trainer.storage_path=/out/ray"]
-    env = json.loads(command[command.index("--runtime-env-json") + 1])
+    env = submit.runtime_env([])
     assert {".venv", "outputs", ".git"} <= set(env["excludes"])
 
     # What the user set wins over the defaults; serve deploys detached and returns at once.
@@ -81,6 +81,33 @@ def test_launcher_passes_overrides_through_and_adds_cluster_defaults():
     assert command[command.index("--entrypoint-num-gpus") + 1] == "1"
     assert command[command.index("--") + 1:] == ["python", "-m", "rlhf_rm.evaluate", "/ckpt",
                                                  "hydra.run.dir=/out/evaluate/T"]
+
+
+def test_launcher_never_puts_secret_values_on_a_command_line(monkeypatch, capsys):
+    """--env WANDB_API_KEY used to put the key's value into --runtime-env-json: visible in `ps`, in the
+    printed command (also with --dry-run) and in the job's recorded entrypoint."""
+    secret = "wandb-secret-value-123"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    assert submit.main(["train", "--dry-run", "--env", "WANDB_API_KEY", "--", "data.limit=8"]) == 0
+    printed = capsys.readouterr().out
+    assert "WANDB_API_KEY" in printed and secret not in printed
+
+    seen = {}
+
+    def fake_run(command, env):
+        seen["command"] = command
+        runtime_env = Path(command[command.index("--runtime-env") + 1])
+        seen["mode"] = runtime_env.stat().st_mode & 0o777
+        seen["runtime_env"] = yaml.safe_load(runtime_env.read_text())
+        seen["file"] = runtime_env
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(submit.subprocess, "run", fake_run)
+    assert submit.main(["train", "--env", "WANDB_API_KEY", "--", "data.limit=8"]) == 0
+    printed = capsys.readouterr().out
+    assert secret not in printed and not any(secret in part for part in seen["command"])
+    assert seen["runtime_env"]["env_vars"]["WANDB_API_KEY"] == secret  # it still reaches the job
+    assert seen["mode"] == 0o600 and not seen["file"].exists()  # private to us, and removed after submitting
 
 
 # -- a real local cluster --------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import SHARED_DATA
+from conftest import require_shared_data
 from rlhf_rm.config import GROUP_SCHEMAS, ConfigError, TrainConfig, conf_dir, settings_from
 
 CONF = conf_dir()
@@ -108,15 +108,17 @@ def test_unknown_keys_and_wrong_types_fail_at_composition(override, message):
     ("trainer.betas=[0.9]", "trainer.betas"),
     ("batching.attention=flex", "needs a tree layout"),
     ("+loss.coefficent=0.1", "loss="),
+    ("model.lora.enabled=true", "LoRA with DeepSpeed ZeRO-3"),
 ])
 def test_invalid_settings_fail_at_start_up(override, message):
-    overrides = [override] + (["batching.layout=separate"] if "flex" in override else [])
+    overrides = [override] + (["batching.layout=separate"] if "flex" in override else []) \
+        + (["deepspeed=zero3"] if "lora" in override else [])
     with pytest.raises(ConfigError, match=message):
         settings_from(compose(overrides))
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "oasst-ranked").exists(), reason="shared data not present")
 def test_loss_data_mismatch_fails_before_training(tmp_path, tiny_backbone):
+    require_shared_data("oasst-ranked")
     import ray
 
     from rlhf_rm.losses import LossDataMismatch
@@ -135,3 +137,13 @@ def test_settings_built_in_code_are_resolved_and_validated():
     assert "${" not in settings.run_name and settings.trainer.log_every == 5
     with pytest.raises(ConfigError, match="batching.tokens_per_worker=0"):
         settings_from(TrainConfig(data=DataConfig(train="pairs.jsonl"), batching=BatchingConfig(tokens_per_worker=0)))
+
+
+def test_default_run_names_differ_within_one_second():
+    """run_name had 1-second resolution on a shared storage path: two runs started together collided."""
+    import time
+
+    started = time.time()
+    names = {settings_from(compose([])).run_name for _ in range(3)}
+    assert time.time() - started < 1.0 or len(names) == 3  # (a slow machine crossing a second proves nothing)
+    assert len(names) == 3, names

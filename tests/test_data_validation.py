@@ -323,3 +323,67 @@ def test_prepare_split_raise_names_file_and_line(tmp_path, monkeypatch, tiny_tok
     with pytest.raises(DataError, match=rf"{MIXED}:2: invalid JSON"):
         prepare(cfg, ResponseEncoder(tiny_tokenizer, max_length=64), tmp_path)
     assert not list((tmp_path / "cache").glob("**/*.arrow"))  # nothing cached for a failed load
+
+
+# -- issue 15: data that disappeared silently ----------------------------------------------------
+def test_two_sources_in_one_directory_keep_every_row(tmp_path, monkeypatch, tiny_tokenizer):
+    """data/x.jsonl + data/y.jsonl both defaulted to the name "data": the summary was keyed by it and the
+    groups sliced by the overwritten count (7 rows loaded, 2 reported, 4 trained)."""
+    from rlhf_rm.batching.tokenize import ResponseEncoder
+
+    monkeypatch.setenv("RLHF_RM_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    x = write_pairs(data / "x.jsonl", ["A", "B", "C"])
+    y = write_pairs(data / "y.jsonl", ["D", "E", "F", "G"])
+    encoder = ResponseEncoder(tiny_tokenizer, max_length=64)
+    for cache in (False, True):
+        groups, summary = prepare(data_cfg([str(x), str(y)], None, cache=cache), encoder, tmp_path / "run")
+        assert len(groups) == summary["groups"] == 7
+        assert summary["rows_read"] == summary["used"] == 7
+        assert sorted(report["rows_read"] for report in summary["sources"].values()) == [3, 4]
+        assert len({g.source for g in groups}) == 2
+
+
+def test_two_sources_with_the_same_explicit_name_are_a_config_error():
+    from rlhf_rm.prepare.split import source_specs
+
+    with pytest.raises(ValueError, match="same name 'one'"):
+        source_specs([{"path": "a.jsonl", "name": "one"}, {"path": "b.jsonl", "name": "one"}])
+
+
+def test_row_accounting_check_survives_python_O(tmp_path, monkeypatch):
+    """The check was an `assert`, which `python -O` removes; now it is an error in any mode."""
+    monkeypatch.setattr(DataReport, "unaccounted", lambda self: 1)
+    with pytest.raises(DataError, match="row accounting is off by 1"):
+        load_examples([MIXED], on_error="skip", quarantine_path=tmp_path / "q.jsonl")
+
+
+def test_utf8_bom_at_the_start_of_jsonl_and_json_loads(tmp_path):
+    """Windows exports start with a byte-order mark; it was rejected as invalid JSON."""
+    row = {"prompt": "p", "chosen": " a", "rejected": " b"}
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + (json.dumps(row) + "\n").encode() * 2)
+    document = tmp_path / "bom.json"
+    document.write_bytes(b"\xef\xbb\xbf" + json.dumps([row]).encode())
+    for path, rows in ((jsonl, 2), (document, 1)):
+        pairs, report = load_pairs(path, dedupe=False)
+        assert report.used == report.rows_read == rows and pairs[0].prompt == "p"
+
+
+def test_unknown_chat_role_is_an_error_naming_file_line_and_role(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    good = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}]}
+    bad_prompt = {**good, "prompt": [{"role": "usr", "content": "hi"}]}
+    path.write_text("\n".join(json.dumps(r) for r in (good, bad_prompt)) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:2: .*unknown chat role 'usr'"):
+        load_pairs(path)
+    not_assistant = {**good, "chosen": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "c"}]}
+    path.write_text(json.dumps(not_assistant) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:1: .*'chosen'.*last message.*'user'.*not 'assistant'"):
+        load_pairs(path)
+    ranking = {"prompt": "p", "responses": [[{"role": "bot", "content": "a"}], "b"], "ranks": [0, 1]}
+    path.write_text(json.dumps(ranking) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:1: .*unknown chat role 'bot'"):
+        load_pairs(path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import FIXTURES, SHARED_DATA
+from conftest import FIXTURES, SHARED_DATA, require_shared_data
 from rlhf_rm.batching.collate import collate
 from rlhf_rm.batching.tokenize import ResponseEncoder
 from rlhf_rm.data import PreferencePair, RankedResponses, load_pairs
@@ -87,8 +87,8 @@ def test_regularized_drives_pair_sums_toward_zero(tiny_backbone, tiny_tokenizer)
     assert regularized < 0.25 * plain, (plain, regularized)
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "oasst-ranked").exists(), reason="shared data not present")
 def test_ray_train_on_pairs_and_rankings_with_combo(tmp_path, tiny_backbone):
+    require_shared_data("oasst-ranked")
     import json
 
     from rlhf_rm.train import run

@@ -40,11 +40,30 @@ def test_score_same_alone_in_batch_left_and_right_padding(tiny_model, tiny_token
 
 
 def test_eos_as_pad_would_shift_hf_pooling_but_not_ours(tiny_model, tiny_tokenizer):
-    """With pad == EOS, 'first pad id' pooling picks the wrong token; the mask-based index does not."""
-    enc = tiny_tokenizer(TEXTS[:1], return_tensors="pt")
-    ids = enc["input_ids"]
-    assert ids[0, -1] == tiny_tokenizer.eos_token_id
-    assert last_token_index(enc["attention_mask"]).item() == ids.shape[1] - 1
+    """With pad == EOS, 'first pad id' pooling picks the wrong token; the mask-based index does not.
+    A padded batch (right and left) whose pad id is the EOS id: HF's rule (the token before the first
+    pad id) lands one before each text's own EOS, ours on the EOS, and the scores equal each text alone."""
+    eos = tiny_tokenizer.eos_token_id
+    encoded = [tiny_tokenizer(text)["input_ids"] for text in TEXTS]
+    lengths = torch.tensor([len(ids) for ids in encoded])
+    assert all(ids[-1] == eos for ids in encoded) and len(set(lengths.tolist())) == len(TEXTS)
+    width = int(lengths.max())
+    alone = torch.cat([score_padded(tiny_model, tiny_tokenizer, [t], "right") for t in TEXTS])
+    for side in ("right", "left"):
+        pad = [[eos] * (width - len(ids)) for ids in encoded]
+        ids = torch.tensor([i + p if side == "right" else p + i for i, p in zip(encoded, pad)])
+        mask = torch.tensor([[1] * len(i) + [0] * len(p) if side == "right" else [0] * len(p) + [1] * len(i)
+                             for i, p in zip(encoded, pad)])
+        assert (ids == eos).sum(-1).gt(1).any()  # some rows really carry EOS padding
+        ours = last_token_index(mask)
+        real_eos = lengths - 1 if side == "right" else torch.full_like(lengths, width - 1)
+        assert torch.equal(ours, real_eos)
+        hf_first_pad = (ids == eos).int().argmax(-1) - 1
+        if side == "right":
+            assert torch.equal(hf_first_pad, real_eos - 1)  # one token early on every row
+        with torch.no_grad():
+            scores = tiny_model(ids, mask, positions_from_mask(mask), torch.arange(len(TEXTS)), ours)
+        torch.testing.assert_close(scores, alone, atol=1e-5, rtol=0)
 
 
 def test_plain_from_pretrained_matches_our_scores(tmp_path, tiny_model, tiny_tokenizer):

@@ -568,3 +568,94 @@ def test_training_run_publishes_each_checkpoint_to_the_running_pool(pool, tmp_pa
         assert published_meta["final"] and published_meta["steps"] == metrics["step"]
     finally:
         serve.delete(app)
+
+
+# -- issue 15: no silent open door -------------------------------------------------------------------
+def test_auth_survives_every_redeploy_path_from_a_process_without_the_token(pool, monkeypatch, capsys):
+    """The digest was computed from the redeploying process's environment: a hot reload through
+    reload_checkpoint, the training-publish callback (Train controller) or the CLI (also what
+    `launchers/submit.py serve` runs on the cluster) from a process without the variable deployed an open pool."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from ray import serve
+
+    from rlhf_rm.serve.__main__ import main as serve_cli
+    from rlhf_rm.serve.app import reload_checkpoint, start
+    from rlhf_rm.serve.publish import PublishCheckpointsToPool
+
+    app, prefix = "rm_auth", "/auth"
+    config = dataclasses.replace(pool.config, app_name=app, route_prefix=prefix, num_replicas=1)
+    start(config)  # with the token (the fixture set it in this process)
+    shape = [f"app_name={app}", f"route_prefix={prefix}", f"port={pool.config.port}", "num_replicas=1",
+             "num_cpus_per_replica=0.5"]  # the default token_env, unset here, like a user typing it
+    try:
+        monkeypatch.delenv(TOKEN_ENV)
+        monkeypatch.delenv("RLHF_RM_SERVE_TOKEN", raising=False)
+        redeploys = [
+            ("reload_checkpoint", pool.checkpoint_b, lambda: reload_checkpoint(config, pool.checkpoint_b)),
+            ("publish callback", pool.checkpoint_a, lambda: PublishCheckpointsToPool(shape).after_report(
+                None, {}, SimpleNamespace(path=pool.checkpoint_a))),
+            ("CLI", pool.checkpoint_b, lambda: serve_cli([pool.checkpoint_b, *shape, "detach=true"])),
+        ]
+        for path, checkpoint, redeploy in redeploys:
+            redeploy()
+            with pool.http(token=None) as http:
+                assert http.get(f"{prefix}/info").status_code == 401, f"{path} removed the token"
+                assert http.post(f"{prefix}/score", json={"responses": ["x"]}).status_code == 401, path
+            with pool.http() as http:
+                assert http.get(f"{prefix}/info").json()["checkpoint"] == checkpoint, path
+        capsys.readouterr()
+    finally:
+        serve.delete(app)
+
+
+def test_openapi_docs_need_the_token_and_long_texts_are_refused(pool):
+    """/openapi.json answered everyone; a text of any length was tokenized in full on the forward thread."""
+    with pool.http(token=None) as http:
+        assert http.get("/openapi.json").status_code == 401
+        assert http.get("/docs").status_code == 401
+    with pool.http() as http:
+        assert "/score" in http.get("/openapi.json").json()["paths"]
+        assert "swagger" in http.get("/docs").text.lower()
+        limit = http.get("/info").json()["max_text_chars"]
+        reply = http.post("/score", json={"prompts": ["p"], "responses": ["x" * (limit + 1)]})
+        assert reply.status_code == 413 and "max_text_chars" in reply.json()["detail"]
+        chat = [{"role": "user", "content": "y" * (limit + 1)}]
+        assert http.post("/score", json={"prompts": [chat], "responses": ["x"]}).status_code == 413
+        assert http.post("/score", json={"responses": ["x" * 100]}).status_code == 200
+
+
+def test_info_hides_paths_from_unauthenticated_callers(pool):
+    """A pool without a token answers /info to anyone: it must not hand out local filesystem paths."""
+    import dataclasses
+
+    from ray import serve
+
+    from rlhf_rm.serve.app import start
+
+    app, prefix = "rm_open", "/open"
+    start(dataclasses.replace(pool.config, app_name=app, route_prefix=prefix, num_replicas=1, token_env=None))
+    try:
+        with pool.http(token=None) as http:
+            info = http.get(f"{prefix}/info").json()
+        assert info["certified"] and info["model"] == "tiny-llama"
+        text = json.dumps(info)
+        assert str(Path(pool.checkpoint_a).parent) not in text and "/tmp" not in text, text
+    finally:
+        serve.delete(app)
+
+
+def test_deployment_options_reserve_gpus_and_request_timeout():
+    """device=cuda reserved no GPU for the replicas (they could not see one on a cluster)."""
+    from rlhf_rm.serve.app import build_app, http_options
+    from rlhf_rm.serve.config import LiveSettings, ServeConfig
+
+    live = LiveSettings(checkpoint="/ckpt")
+    gpu = build_app(ServeConfig(device="cuda", live=live), token_sha256=None)._bound_deployment
+    assert gpu.ray_actor_options["num_gpus"] == 1
+    cpu = build_app(ServeConfig(live=live), token_sha256=None)._bound_deployment
+    assert cpu.ray_actor_options.get("num_gpus", 0) == 0
+    shared = build_app(ServeConfig(device="cuda", num_gpus_per_replica=0.5, live=live), token_sha256=None)
+    assert shared._bound_deployment.ray_actor_options["num_gpus"] == 0.5
+    assert http_options(ServeConfig(request_timeout_s=30, live=live))["request_timeout_s"] == 30

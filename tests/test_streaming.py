@@ -4,6 +4,8 @@ prepared by Ray Data (row accounting, quarantine, repeats across slices, cache) 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,77 @@ def test_streamed_two_worker_run_trains(tmp_path, monkeypatch, tiny_backbone, ra
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
     assert 0.0 <= metrics["dev_accuracy"] <= 1.0
 
+
+
+def test_two_concurrent_preparations_of_one_entry_keep_their_shards(tmp_path, monkeypatch, tiny_backbone):
+    """Two runs preparing the same streamed split share one cache entry. The second used to rmtree the
+    directory while the first was still using it (its shards gone). Ray Data is replaced by an in-thread
+    stand-in so the interleaving is forced: the second run starts once the first has written its shards."""
+    import sys
+    import threading
+    import types
+
+    import ray
+
+    from rlhf_rm.prepare.streaming import PrepareUnits, prepare_streamed_split
+    from rlhf_rm.prepare.split import source_specs
+
+    first_wrote, both_prepared, calls = threading.Event(), threading.Barrier(2, timeout=3), []
+
+    class Pipeline:
+        def __init__(self, items):
+            self.items = items
+
+        def map_batches(self, fn, fn_constructor_kwargs, **_):
+            self.fn = fn(**fn_constructor_kwargs)
+            return self
+
+        def take_all(self):
+            calls.append(threading.current_thread().name)
+            if len(calls) == 2:  # the second preparation: wait for the first to go on, then write slowly
+                _wait(both_prepared)
+                time.sleep(1.0)
+            out = self.fn({"unit": [item["unit"] for item in self.items]})
+            rows = [{name: values[i] for name, values in out.items()} for i in range(len(self.items))]
+            if len(calls) == 1:
+                first_wrote.set()
+                _wait(both_prepared)
+            return rows
+
+    fake = types.ModuleType("ray.data")
+    fake.from_items = Pipeline
+    monkeypatch.setattr(ray, "data", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "ray.data", fake)
+    assert PrepareUnits  # the real unit preparation runs, in-thread
+
+    data = tmp_path / "train.jsonl"
+    data.write_text(TRAIN.read_text())
+    config = stream_config(data)
+    specs = source_specs(config.train)
+    entry = tmp_path / "cache" / "stream-same-key"
+    results, shards_at_return = {}, {}
+
+    def prepare(name):
+        split = prepare_streamed_split(specs, config, tiny_backbone, tmp_path / name, entry, None, workers=1)
+        shards_at_return[name] = [Path(s).exists() for s in split.shards]
+        results[name] = split
+
+    first = threading.Thread(target=prepare, args=("one",), name="one")
+    second = threading.Thread(target=prepare, args=("two",), name="two")
+    first.start()
+    assert first_wrote.wait(60)
+    second.start()
+    first.join(120)
+    second.join(120)
+    assert set(results) == {"one", "two"}
+    assert all(shards_at_return["one"]) and len(shards_at_return["one"]) == 5  # 40 rows, 8 per unit
+    assert all(Path(s).exists() for s in results["one"].shards)
+    assert results["two"].summary["cache"]["hit"] is True  # it waited for the first, then reused its entry
+    assert not [p for p in entry.parent.iterdir() if p.name != entry.name and not p.name.endswith(".lock")]
+
+
+def _wait(barrier) -> None:
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass  # the other preparation waits on the lock instead (the fixed behaviour)

@@ -71,3 +71,22 @@ def test_benchmarks_use_only_public_names(path):
                if module.startswith("rlhf_rm") and any(part.startswith("_") and not part.startswith("__")
                                                        for part in module.split("."))]
     assert not private, private
+
+
+def test_missing_shared_data_fails_tests_instead_of_skipping_them():
+    """Tests on ../shared/data used to skip silently without it; CI always has it, so a missing set is a
+    failure. No test may skip on it, and a test that needs it fails when it is absent."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    skipping = [f"{path.name}:{number}" for path in sorted((REPO / "tests").glob("test_*.py"))
+                for number, line in enumerate(path.read_text().splitlines(), 1)
+                if re.search(r"skipif\(.*SHARED_DATA", line)]
+    assert not skipping, skipping
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "tests/test_data.py::test_shipped_hh_rlhf_loads_completely"], cwd=REPO,
+                         env={**os.environ, "RLHF_RM_SHARED_DATA": "/nonexistent/shared/data"},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "1 failed" in run.stdout, run.stdout[-2000:]

@@ -108,6 +108,11 @@ def test_progress_output_is_one_line_per_step_without_carriage_returns(tmp_path,
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_zero_on_cpu(tmp_path, tiny_backbone, ray_cluster, stage):
+    """The saved checkpoint (ZeRO-3: gathered from the shards) reloads with plain `from_pretrained` and
+    re-scores the dev set to the workers' in-training dev metrics."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf_rm.data import load_pairs
     from rlhf_rm.model import read_metadata
 
     metrics = train_tiny(tmp_path, tiny_backbone, [f"deepspeed={stage}", "loss=regularized", "trainer.epochs=6"])
@@ -116,7 +121,23 @@ def test_deepspeed_zero_on_cpu(tmp_path, tiny_backbone, ray_cluster, stage):
     meta = read_metadata(metrics["checkpoint"])
     assert meta["config"]["deepspeed"]["config"]["zero_optimization"]["stage"] == int(stage[-1])
     assert meta["loss"]["name"] == "regularized"
-    assert 0.0 <= metrics["dev_accuracy"] <= 1.0
+
+    pairs, _ = load_pairs(FIXTURES / "hh_dev_small.jsonl")
+    tokenizer = AutoTokenizer.from_pretrained(metrics["checkpoint"])
+    plain = AutoModelForSequenceClassification.from_pretrained(metrics["checkpoint"]).eval()
+
+    def scores(responses):
+        out = []
+        for prompt, response in zip([p.prompt for p in pairs], responses):
+            enc = tokenizer([prompt + response], return_tensors="pt", truncation=True)
+            with torch.no_grad():
+                out.append(float(plain(**enc).logits[0, 0]))
+        return torch.tensor(out)
+
+    chosen, rejected = scores([p.chosen for p in pairs]), scores([p.rejected for p in pairs])
+    assert float(chosen.mean()) == pytest.approx(metrics["dev_chosen_mean"], abs=1e-4)
+    assert float(rejected.mean()) == pytest.approx(metrics["dev_rejected_mean"], abs=1e-4)
+    assert float((chosen > rejected).double().mean()) == pytest.approx(metrics["dev_accuracy"])
 
 
 def test_killed_worker_resumes_from_checkpoint_without_repeating_data(tmp_path, tiny_backbone, ray_cluster):

@@ -9,7 +9,7 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import FIXTURES, SHARED_DATA
+from conftest import FIXTURES, require_shared_data
 
 BAD = FIXTURES / "bad"
 
@@ -68,12 +68,11 @@ def test_directory_and_glob_inputs(capsys, tmp_path, tiny_backbone):
     assert "16 rows read, 16 used" in out
 
 
-@pytest.mark.skipif(not SHARED_DATA.exists(), reason="shared data not present")
 @pytest.mark.parametrize("fmt, path", [("oasst_trees", "oasst-ranked/en_100_tree.jsonl"),
                                        ("qa_feedback", "qa-feedback/dev_feedback.json"),
                                        ("conala_grades", "conala-grades/conala-human-grades.json")])
 def test_every_source_format(capsys, tiny_backbone, fmt, path):
-    status, out = validate(capsys, SHARED_DATA / path, "--format", fmt, "--model", tiny_backbone, "data.limit=5")
+    status, out = validate(capsys, require_shared_data(path), "--format", fmt, "--model", tiny_backbone, "data.limit=5")
     assert status == 0, out
     assert "data[train]: 5 rows read" in out
 

@@ -28,6 +28,10 @@ class RowError(ValueError):
         self.kind = kind
 
 
+# Roles every chat template we render knows; anything else ("usr", "bot", "human") would be rendered as
+# something the template never saw in training, or dropped, without a word.
+CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
+
 PAIR_KEYS = ("prompt", "chosen", "rejected", "probability", "margin")
 RANKING_KEYS = ("prompt", "responses", "ranks")
 KNOWN_KEYS = frozenset(PAIR_KEYS + RANKING_KEYS)
@@ -59,6 +63,7 @@ def parse_ranking(row: dict, origin: str) -> RankedResponses:
         raise RowError(f"'responses' must hold at least 2 responses, got {len(responses)}", "too few responses")
     for position, response in enumerate(responses):
         _check_text(f"responses[{position}]", response)
+        _check_response_ends_with_assistant(f"responses[{position}]", response)
     if not isinstance(ranks, list) or any(isinstance(r, bool) or not isinstance(r, int) for r in ranks):
         raise RowError(f"'ranks' must be a list of integers, got {ranks!r}", "wrong type")
     if sorted(ranks) != list(range(len(responses))):
@@ -92,6 +97,8 @@ def parse_pair(row: Any, origin: str, prompt_separator: str = "\n\nAssistant:") 
         prompt, chosen, rejected = split_shared_messages(chosen, rejected)
     else:
         raise RowError("chosen and rejected must both be strings or both be chat message lists", "wrong type")
+    _check_response_ends_with_assistant("chosen", chosen)
+    _check_response_ends_with_assistant("rejected", rejected)
     if chosen == rejected:
         raise RowError("chosen and rejected responses are identical", "identical responses")
     probability = row.get("probability", 1.0)
@@ -154,6 +161,13 @@ def _close_key(key: str, candidates) -> str | None:
     return None
 
 
+def _check_response_ends_with_assistant(key: str, response: Any) -> None:
+    """A chat response is what the assistant said: its last message must be the assistant's."""
+    if isinstance(response, list) and response and response[-1]["role"] != "assistant":
+        raise RowError(f"{key!r}: the last message is from {response[-1]['role']!r}, not 'assistant'",
+                       "response not from assistant")
+
+
 def _freeze(text: Any) -> str:
     return text if isinstance(text, str) else repr(text)
 
@@ -172,6 +186,9 @@ def _check_text(key: str, value: Any, allow_empty: bool = False) -> None:
                     or not isinstance(message.get("role"), str):
                 raise RowError(f"{key!r} message {position} must be an object with string 'role' and 'content'",
                                "wrong type")
+            if message["role"] not in CHAT_ROLES:
+                raise RowError(f"{key!r} message {position} has unknown chat role {message['role']!r} "
+                               f"(known: {', '.join(sorted(CHAT_ROLES))})", "unknown role")
         if not allow_empty and not any(m["content"].strip() for m in value):
             raise RowError(f"{key!r} has only empty messages", empty)
         return

@@ -27,7 +27,7 @@ class DataReport:
 
         rows_read == used + quarantined + deduplicated + dropped_dev_overlap + other_split + without_comparison
 
-    holds exactly (`unaccounted()` is 0; the loader asserts it). A row that gives several examples
+    holds exactly (`unaccounted()` is 0; the loader raises otherwise). A row that gives several examples
     (QA-Feedback's 6 pairs, an OASST tree's rankings) is `used` if any of them is kept; otherwise it is
     `dropped_dev_overlap` if any was removed as a dev overlap, else `deduplicated` if any repeated an
     earlier example, else `other_split`. A whole-file problem (an empty file, a Parquet schema that fits
@@ -172,7 +172,8 @@ def load_examples(
     finally:
         if quarantine is not None:
             quarantine.close()
-    assert report.unaccounted() == 0, f"row accounting is off by {report.unaccounted()}: {report.as_dict()}"
+    if report.unaccounted():  # not an `assert`: python -O would drop the check
+        raise DataError(f"row accounting is off by {report.unaccounted()} (a loader bug): {report.as_dict()}")
     return examples, report
 
 

@@ -114,6 +114,9 @@ def _plan_jsonl(path: Path, rows_per_part: int) -> list[Part | None]:
     return parts if len(parts) > 1 else [None]
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _empty(path: Path) -> RawRow:
     return RawRow(str(path), error="empty file: it holds no rows", kind="empty file")
 
@@ -130,6 +133,8 @@ def _read_jsonl(path: Path, max_row_bytes: int, part: Part | None = None) -> Ite
             line = handle.readline(max_row_bytes + 1)
             if not line:
                 break
+            if line_number == 0 and line.startswith(_BOM):
+                line = line[len(_BOM):]  # Windows tools start UTF-8 files with a byte-order mark
             line_number += 1
             origin = f"{path}:{line_number}"
             if len(line) > max_row_bytes and not line.endswith(b"\n"):
@@ -179,6 +184,8 @@ def _oversized_line(handle, head: bytes, origin: str, max_row_bytes: int) -> Raw
 # -- JSON: one document holding a list of rows ------------------------------------------------
 def _read_json(path: Path, max_row_bytes: int) -> Iterator[RawRow]:
     data = path.read_bytes()
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]  # Windows tools start UTF-8 files with a byte-order mark
     if not data.strip():
         yield _empty(path)
         return

@@ -9,6 +9,7 @@ dev for overlapping examples; encoded splits are cached (prepare/token_cache.py)
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +105,22 @@ def source_specs(entries) -> list[dict]:
         spec = normalize_source(entry)
         spec["path"] = to_absolute_path(spec["path"])
         specs.append(spec)
+    return unique_source_names(specs, [isinstance(e, dict) and "name" in e for e in entries])
+
+
+def unique_source_names(specs: list[dict], explicit: list[bool]) -> list[dict]:
+    """Summaries, quarantine files and the per-source slices of the groups are keyed by name, so two
+    sources sharing one would overwrite each other's counts. A default name (the parent directory) that
+    repeats becomes parent_stem; a name given twice, or still repeating, is a configuration error."""
+    counts = Counter(spec["name"] for spec in specs)
+    for spec, given in zip(specs, explicit):
+        if counts[spec["name"]] > 1 and not given:
+            path = Path(spec["path"])
+            spec["name"] = f"{path.parent.name}_{path.name.split('.')[0]}" if path.parent.name else path.name
+    repeated = [name for name, count in Counter(spec["name"] for spec in specs).items() if count > 1]
+    if repeated:
+        paths = [spec["path"] for spec in specs if spec["name"] == repeated[0]]
+        raise ValueError(f"data sources {paths} have the same name {repeated[0]!r}: give each a distinct 'name'")
     return specs
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -152,28 +153,53 @@ def prepare_streamed_split(specs: list[dict], data: DataConfig, backbone_path: s
     if data.limit is not None:
         raise ValueError("data.limit is not applied when streaming (data.streaming=true): prepare a smaller file, "
                          "or bound the run with trainer.max_steps")
-    manifest_path = entry / MANIFEST
-    if reuse and manifest_path.exists():
-        return _from_manifest(entry, json.loads(manifest_path.read_text()), run_dir, hit=True)
+    with _entry_lock(entry):  # another run preparing the same entry finishes first; we then reuse it
+        manifest_path = entry / MANIFEST
+        if reuse and manifest_path.exists():
+            return _from_manifest(entry, json.loads(manifest_path.read_text()), run_dir, hit=True)
 
-    import ray.data
+        import ray.data
 
-    shutil.rmtree(entry, ignore_errors=True)
-    entry.mkdir(parents=True)
-    units = plan_units(specs, data.rows_per_unit)
-    options = {"prompt_separator": data.prompt_separator, "max_row_bytes": data.max_row_bytes,
-               "dedupe": data.dedupe, "drop_dev_overlap": data.drop_dev_overlap and bool(dev_keys)}
-    print(f"data[train]: streaming: preparing {len(units)} units with {workers} Ray Data actors → {entry}", flush=True)
-    results = ray.data.from_items([{"unit": json.dumps(u)} for u in units]).map_batches(
-        PrepareUnits, batch_size=1, concurrency=max(1, min(workers, len(units))), num_cpus=1,
-        fn_constructor_kwargs={"backbone_path": backbone_path, "data": data, "options": options, "out_dir": str(entry),
-                               "dev_keys": sorted(dev_keys) if dev_keys else None}).take_all()
-    results.sort(key=lambda r: r["index"])
-    manifest = _aggregate(results, data.on_error, data.dedupe, entry)
-    tmp = manifest_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest))
-    tmp.replace(manifest_path)  # last: only a complete entry is ever reused
-    return _from_manifest(entry, manifest, run_dir, hit=False)
+        # Built under a private name and renamed into place when complete: the entry is never half written,
+        # and nobody's shards are deleted while in use.
+        building = entry.with_name(f"{entry.name}.building")
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(parents=True)
+        units = plan_units(specs, data.rows_per_unit)
+        options = {"prompt_separator": data.prompt_separator, "max_row_bytes": data.max_row_bytes,
+                   "dedupe": data.dedupe, "drop_dev_overlap": data.drop_dev_overlap and bool(dev_keys)}
+        print(f"data[train]: streaming: preparing {len(units)} units with {workers} Ray Data actors → {entry}",
+              flush=True)
+        results = ray.data.from_items([{"unit": json.dumps(u)} for u in units]).map_batches(
+            PrepareUnits, batch_size=1, concurrency=max(1, min(workers, len(units))), num_cpus=1,
+            fn_constructor_kwargs={"backbone_path": backbone_path, "data": data, "options": options,
+                                   "out_dir": str(building), "dev_keys": sorted(dev_keys) if dev_keys else None},
+        ).take_all()
+        results.sort(key=lambda r: r["index"])
+        try:
+            manifest = _aggregate(results, data.on_error, data.dedupe, building)
+        except Exception:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        (building / MANIFEST).write_text(json.dumps(manifest))  # only a complete entry is ever reused
+        shutil.rmtree(entry, ignore_errors=True)  # an incomplete (or, without reuse, older) entry
+        building.rename(entry)
+        return _from_manifest(entry, manifest, run_dir, hit=False)
+
+
+@contextmanager
+def _entry_lock(entry: Path):
+    """An exclusive lock on a cache entry (a file beside it), held while the entry is checked or built;
+    flock is released by the kernel if the holder dies."""
+    import fcntl
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.with_name(f"{entry.name}.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _aggregate(results: list[dict], on_error: str, dedupe: bool, entry: Path) -> dict:
@@ -216,7 +242,8 @@ def _aggregate(results: list[dict], on_error: str, dedupe: bool, entry: Path) ->
                 for part in parts:
                     out.write(Path(part).read_bytes())
             quarantine[name] = target.name
-    assert all(r.unaccounted() == 0 for r in per_source.values()), "row accounting is off"
+    if any(r.unaccounted() for r in per_source.values()):  # not an `assert`: python -O would drop it
+        raise DataError(f"row accounting is off (a loader bug): { {n: r.as_dict() for n, r in per_source.items()} }")
     summary = split_summary(per_source, sum(r["prompt_truncated"] for r in results),
                             sum(r["response_truncated"] for r in results))
     summary["units"] = len(results)

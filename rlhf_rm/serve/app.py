@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 from rlhf_rm.serve.config import LiveSettings, ServeConfig
 from rlhf_rm.serve.deployment import ScoringDeployment
@@ -16,14 +17,25 @@ def _token_sha256(token_env: str | None) -> str | None:
     return hashlib.sha256(token.encode()).hexdigest() if token else None
 
 
-def build_app(config: ServeConfig):
+def http_options(config: ServeConfig) -> dict:
+    options = {"host": config.host, "port": config.port}
+    if config.request_timeout_s is not None:
+        options["request_timeout_s"] = config.request_timeout_s
+    return options
+
+
+def build_app(config: ServeConfig, token_sha256: str | None):
+    """The application to deploy; `token_sha256`: the bearer token's digest (None: no auth)."""
     LiveSettings.from_dict(dataclasses.asdict(config.live))  # fail here, not inside a replica
     scaling = ({"autoscaling_config": dict(config.autoscaling), "num_replicas": "auto"} if config.autoscaling
                else {"num_replicas": config.num_replicas})
+    actor_options = {"num_cpus": config.num_cpus_per_replica}
+    if config.num_gpus:
+        actor_options["num_gpus"] = config.num_gpus  # without it a replica on a cluster sees no GPU
     deployment = ScoringDeployment.options(
         name="ScoringDeployment",
         max_ongoing_requests=config.max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.num_cpus_per_replica},
+        ray_actor_options=actor_options,
         user_config=dataclasses.asdict(config.live),
         # A new checkpoint rolls replicas over; start each replacement before its predecessor stops,
         # so even a one-replica pool keeps answering during a reload.
@@ -31,35 +43,58 @@ def build_app(config: ServeConfig):
         **scaling,
     )
     return deployment.bind(max_texts_per_request=config.max_texts_per_request, max_body_bytes=config.max_body_bytes,
-                           token_sha256=_token_sha256(config.token_env), torch_threads=config.torch_threads,
-                           device=config.device, dtype=config.dtype)
+                           max_text_chars=config.max_text_chars, token_sha256=token_sha256,
+                           torch_threads=config.torch_threads, device=config.device, dtype=config.dtype)
 
 
 def start(config: ServeConfig):
-    """Start (or update, when an app of this name runs) the pool; returns its DeploymentHandle."""
+    """Start (or update, when an app of this name runs) the pool; returns its DeploymentHandle.
+
+    Auth survives every redeploy: the token's digest comes from `config.token_env` when that variable is set
+    in this process, else from the running app (a hot reload from the Train controller, the CLI or a job
+    without the variable keeps the token). Removing a token takes stopping the pool."""
     import ray
     from ray import serve
 
     if not ray.is_initialized():
         ray.init(address=config.ray_address, include_dashboard=False)
-    serve.start(http_options={"host": config.host, "port": config.port})
-    serving = _serving_checkpoint(config.app_name)
+    serve.start(http_options=http_options(config))
+    running = _running_app(config.app_name)
+    token_sha256 = _token_sha256(config.token_env)
+    if token_sha256 is None and running is not None:
+        if running is _UNANSWERED:
+            raise RuntimeError(f"serving app {config.app_name!r} runs but does not say whether it needs a token, "
+                               f"so redeploying could open it: set ${config.token_env} to its token, or stop it "
+                               f"first (rlhf_rm.serve.app.stop)")
+        token_sha256 = running["token_sha256"]
+    serving = running["checkpoint"] if running and running is not _UNANSWERED else None
     if serving and serving != config.live.checkpoint and not config.live.fallback_checkpoint:
         # A reload: replicas that refuse the new checkpoint (parity certificate) keep serving this one.
         config = dataclasses.replace(config, live=dataclasses.replace(config.live, fallback_checkpoint=serving))
-    return serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix)
+    return serve.run(build_app(config, token_sha256), name=config.app_name, route_prefix=config.route_prefix)
 
 
-def _serving_checkpoint(app_name: str) -> str | None:
-    """The checkpoint a running app of this name serves now, None when there is none."""
+_UNANSWERED = {"checkpoint": None, "token_sha256": None}  # an app that runs but cannot say what it serves
+
+
+def _running_app(app_name: str) -> dict | None:
+    """{checkpoint, token_sha256} of the running app of this name (through its handle, inside the cluster;
+    never over HTTP); None when there is none, _UNANSWERED when it does not answer."""
     from ray import serve
 
     if app_name not in serve.status().applications:
         return None
+
+    def ask() -> dict:
+        return serve.get_app_handle(app_name).redeploy_state.remote().result(timeout_s=60)
+
     try:
-        return serve.get_app_handle(app_name).info.remote().result(timeout_s=60)["checkpoint"]
-    except Exception:  # noqa: BLE001 - an app that cannot answer has nothing to fall back on
-        return None
+        # On a thread of its own: a handle's blocking result() refuses to run inside an event loop, and the
+        # Train controller (publish_to_serve) calls start() from one.
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(ask).result()
+    except Exception:  # noqa: BLE001 - the caller decides what an unanswering app means
+        return _UNANSWERED
 
 
 def reload_checkpoint(config: ServeConfig, checkpoint: str, **live_changes):

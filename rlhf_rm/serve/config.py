@@ -52,11 +52,21 @@ class ServeConfig:
     max_ongoing_requests: int = 512
     max_surge_percent: int = 100
     device: str = "cpu"
+    # GPUs Ray reserves per replica; None: 1 when device is cuda, else 0 (a replica sees only what it reserved).
+    num_gpus_per_replica: float | None = None
     dtype: str = "float32"  # float32 | bfloat16 | float16; the parity certificate's tolerance follows it
     max_texts_per_request: int = 4096
     max_body_bytes: int = 8 * 1024 * 1024
+    max_text_chars: int = 200_000  # per prompt or response (a chat: its contents together); longer is a 413
+    request_timeout_s: float | None = 120.0  # the HTTP proxy answers 408 after this; None: no limit
     token_env: str | None = "RLHF_RM_SERVE_TOKEN"
     live: LiveSettings = field(default_factory=LiveSettings)
+
+    @property
+    def num_gpus(self) -> float:
+        if self.num_gpus_per_replica is not None:
+            return self.num_gpus_per_replica
+        return 1.0 if self.device.startswith("cuda") else 0.0
 
     @classmethod
     def from_dict(cls, values: dict) -> "ServeConfig":

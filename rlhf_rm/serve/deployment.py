@@ -24,6 +24,7 @@ import hmac
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from pathlib import PurePath
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,7 +39,8 @@ from rlhf_rm.serve.protocol import (BadRequest, ClassifyRequest, EmbeddingsReque
                                     split_queries)
 
 logger = logging.getLogger("ray.serve")
-http_app = FastAPI(title="rlhf_rm reward pool", docs_url=None, redoc_url=None)
+# The schema and docs are served by routes of our own below, behind the token like everything but /health.
+http_app = FastAPI(title="rlhf_rm reward pool", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @http_app.exception_handler(BadRequest)
@@ -74,6 +76,20 @@ def _require_token(request: Request) -> None:
     digest = hashlib.sha256(presented.encode()).hexdigest()
     if scheme.lower() != "bearer" or not hmac.compare_digest(digest, expected):
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _without_paths(info: dict) -> dict:
+    """/info for callers nobody authenticated (a pool without a token): checkpoints by name, not by where
+    they sit on the replica's disk."""
+    def name(path):
+        return None if path is None else PurePath(path).name
+
+    live = {**info["live_settings"], "checkpoint": name(info["live_settings"]["checkpoint"]),
+            "fallback_checkpoint": name(info["live_settings"]["fallback_checkpoint"])}
+    model = name(info["model"]) if str(info["model"]).startswith(("/", "~", ".")) else info["model"]
+    refused = info["refused_reload"] and "a checkpoint failed its parity certificate (details need a token)"
+    return {**info, "model": model, "checkpoint": name(info["checkpoint"]), "live_settings": live,
+            "refused_reload": refused}
 
 
 class _ForwardQueue:
@@ -147,11 +163,13 @@ def _score_items(items: list[tuple[RewardScorer, object, list]]) -> list[tuple]:
 class ScoringDeployment:
     def __init__(self, max_texts_per_request: int = 4096, max_body_bytes: int = 8 * 1024 * 1024,
                  token_sha256: str | None = None, torch_threads: int = 1, device: str = "cpu",
-                 dtype: str = "float32"):
+                 dtype: str = "float32", max_text_chars: int | None = None):
         import torch
 
         torch.set_num_threads(torch_threads)
         self.max_texts = max_texts_per_request
+        self.max_text_chars = max_text_chars
+        self.token_sha256 = token_sha256
         self.device, self.dtype = device, dtype
         self.refused_reload: str | None = None  # why the last hot reload was refused (certificate), for /info
         http_app.state.max_body_bytes = max_body_bytes
@@ -212,7 +230,7 @@ class ScoringDeployment:
     async def score(self, prompts: list | None, responses: list, normalize: bool | None = None) -> dict:
         """Score (prompt, response) pairs. Returns scores, truncated flags, token counts and whether
         the scores were normalized. Raises `BadRequest` for malformed input."""
-        prompts = check_pairs(prompts, responses, self.max_texts)
+        prompts = check_pairs(prompts, responses, self.max_texts, self.max_text_chars)
         scorer = self.scorer
         normalize = self.settings.normalize if normalize is None else normalize
         if normalize:
@@ -231,7 +249,8 @@ class ScoringDeployment:
                           advantages: str | None = None) -> dict:
         """n responses to one prompt, scored in one prefix-shared forward (the prompt computed once);
         equal to scoring each full text alone. `advantages`: None, "grpo" or "rloo" (group-normalized)."""
-        check_pairs([prompt] * len(responses) if isinstance(responses, list) else None, responses, self.max_texts)
+        check_pairs([prompt] * len(responses) if isinstance(responses, list) else None, responses, self.max_texts,
+                    self.max_text_chars)
         if not responses:
             return {"scores": [], "spreads": None, "advantages": [] if advantages else None,
                     "normalized": bool(normalize), "truncated": False, "tokens": 0}
@@ -266,8 +285,14 @@ class ScoringDeployment:
                                   "reward_std": metadata.get("reward_std")},
                 "live_settings": asdict(self.settings),
                 "max_texts_per_request": self.max_texts,
+                "max_text_chars": self.max_text_chars,
                 "replica": serve.get_replica_context().replica_id.unique_id,
                 "batches": {"count": self._forward_queue.batches, "texts": self._forward_queue.texts}}
+
+    def redeploy_state(self) -> dict:
+        """What a redeploy must carry over (app.start reads it through the handle, never over HTTP): the
+        checkpoint served now, and the token digest, so a redeploy without the token keeps auth on."""
+        return {"checkpoint": self.scorer.checkpoint if self.scorer else None, "token_sha256": self.token_sha256}
 
     def check_health(self) -> None:
         if self.scorer is None:
@@ -280,7 +305,22 @@ class ScoringDeployment:
 
     @http_app.get("/info", dependencies=[Depends(_require_token)])
     def info_route(self) -> dict:
-        return self.info()
+        return self._http_info()
+
+    def _http_info(self) -> dict:
+        info = self.info()
+        return info if self.token_sha256 else _without_paths(info)
+
+    @http_app.get("/openapi.json", dependencies=[Depends(_require_token)], include_in_schema=False)
+    def openapi_route(self) -> dict:
+        return http_app.openapi()
+
+    @http_app.get("/docs", dependencies=[Depends(_require_token)], include_in_schema=False)
+    def docs_route(self, request: Request):
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url=request.scope.get("root_path", "") + "/openapi.json",
+                                   title=http_app.title)
 
     @http_app.post("/score", dependencies=[Depends(_require_token)])
     async def score_route(self, body: ScoreRequest) -> dict:
@@ -300,7 +340,7 @@ class ScoringDeployment:
         result = await self.score(texts, [""] * len(texts), body.normalize)
         if body.text is not None:  # SGLang's dialect
             return sglang_classify_response(result)
-        return classify_response(result, body.model or self.info()["model"])
+        return classify_response(result, body.model or self._http_info()["model"])
 
     @http_app.post("/v1/embeddings", dependencies=[Depends(_require_token)])
     async def embeddings_route(self, body: EmbeddingsRequest) -> dict:
@@ -308,7 +348,7 @@ class ScoringDeployment:
             raise BadRequest(f"encoding_format={body.encoding_format!r}: only 'float' is served")
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         result = await self.score(texts, [""] * len(texts), body.normalize)
-        return embeddings_response(result, body.model or self.info()["model"])
+        return embeddings_response(result, body.model or self._http_info()["model"])
 
     @http_app.post("/score_group", dependencies=[Depends(_require_token)])
     async def score_group_route(self, body: ScoreGroupRequest) -> dict:

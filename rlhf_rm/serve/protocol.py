@@ -96,8 +96,9 @@ def plain(text: Any) -> Any:
     return text
 
 
-def check_pairs(prompts: list | None, responses: list, max_texts: int) -> list:
-    """Validate a scoring call (handle or HTTP); returns the prompts, empty strings where none were given."""
+def check_pairs(prompts: list | None, responses: list, max_texts: int, max_chars: int | None = None) -> list:
+    """Validate a scoring call (handle or HTTP); returns the prompts, empty strings where none were given.
+    `max_chars`: the longest prompt or response (a chat: its contents together), checked before any tokenizing."""
     if not isinstance(responses, list):
         raise BadRequest(f"responses must be a list, got {type(responses).__name__}")
     if len(responses) > max_texts:
@@ -115,6 +116,13 @@ def check_pairs(prompts: list | None, responses: list, max_texts: int) -> list:
                     isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                     for m in text):
                 raise BadRequest(f"{name}[{i}] must be a string or a list of {{role, content}} messages")
+    if max_chars is not None:
+        for name, texts in (("prompts", prompts), ("responses", responses)):
+            for i, text in enumerate(texts):
+                size = len(text) if isinstance(text, str) else sum(len(m["content"]) for m in text)
+                if size > max_chars:
+                    raise BadRequest(f"{name}[{i}] has {size:,} characters, over the limit max_text_chars="
+                                     f"{max_chars:,}", too_large=True)
     return prompts
 
 
