@@ -308,7 +308,8 @@ def test_wandb_offline_files_hold_the_metrics_and_tables_of_an_ensemble_run(tmp_
     assert any(row.get("dev/worst_pairs/_type") == '"table-file"' for row in history)
     [table] = (run_dir / "files").glob("media/table/dev/worst_pairs_*.table.json")
     table = json.loads(table.read_text())
-    assert table["columns"][:3] == ["margin", "chosen_reward", "rejected_reward"] and table["data"]
+    assert table["columns"][:4] == ["dev_index", "margin", "chosen_reward", "rejected_reward"] and table["data"]
+    assert "prompt_end" in table["columns"]  # logger.log_texts defaults to true: the decoded texts are there
 
 
 def _wandb_records(data: bytes) -> tuple[list[dict], dict]:
