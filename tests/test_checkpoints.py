@@ -196,6 +196,17 @@ def _weights(checkpoint: Path) -> dict:
     return load_file(str(checkpoint / "model.safetensors"))
 
 
+def _straight_then_killed(tmp_path, overrides, monkeypatch):
+    """An uninterrupted run, then a run of the same settings killed before step 4 (its checkpoint: step 2)."""
+    straight = _RayTrainStandIn(tmp_path / "straight")
+    straight.install(monkeypatch)
+    uninterrupted = _run(tmp_path / "a", overrides, straight)
+    resumed_train = _RayTrainStandIn(tmp_path / "resumed")
+    resumed_train.install(monkeypatch)
+    _run(tmp_path / "b", overrides, resumed_train, kill_at=4, monkeypatch=monkeypatch)
+    return straight, uninterrupted, resumed_train
+
+
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, prepared, lora):
     """Kill before step 4 (the last checkpoint is step 2), rerun: steps continue at 3, optimizer and scheduler
@@ -203,13 +214,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, p
     merged weights with *fresh* adapters (and old optimizer moments on them): its losses after the resume
     differed. Intermediate checkpoints also carry reward_mean/std (a pool normalizing with them answered 400)."""
     overrides = [*prepared, *(["model.lora.enabled=true", "model.lora.r=4"] if lora else [])]
-    straight = _RayTrainStandIn(tmp_path / "straight")
-    straight.install(monkeypatch)
-    uninterrupted = _run(tmp_path / "a", overrides, straight)
-
-    resumed_train = _RayTrainStandIn(tmp_path / "resumed")
-    resumed_train.install(monkeypatch)
-    _run(tmp_path / "b", overrides, resumed_train, kill_at=4, monkeypatch=monkeypatch)
+    straight, uninterrupted, resumed_train = _straight_then_killed(tmp_path, overrides, monkeypatch)
     assert [m["step"] for m, _ in resumed_train.reported] == [2]
     for _, checkpoint in resumed_train.reported:  # intermediate checkpoints, normalizable
         meta = json.loads((checkpoint / "rlhf_rm.json").read_text())
@@ -238,12 +243,7 @@ def test_deepspeed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         overrides = [*prepared, "deepspeed=zero2"]
-        straight = _RayTrainStandIn(tmp_path / "straight")
-        straight.install(monkeypatch)
-        uninterrupted = _run(tmp_path / "a", overrides, straight)
-        resumed_train = _RayTrainStandIn(tmp_path / "resumed")
-        resumed_train.install(monkeypatch)
-        _run(tmp_path / "b", overrides, resumed_train, kill_at=4, monkeypatch=monkeypatch)
+        straight, uninterrupted, resumed_train = _straight_then_killed(tmp_path, overrides, monkeypatch)
         assert (resumed_train.reported[0][1] / "deepspeed").is_dir()
         resumed = _run(tmp_path / "b", overrides, resumed_train)
     finally:
