@@ -191,3 +191,47 @@ def test_killed_worker_resumes_from_checkpoint_without_repeating_data(tmp_path, 
     assert all(steps == list(range(len(steps))) for steps in per_epoch.values())  # none skipped
     logged = [entry["step"] for entry in meta["metrics_log"] if "train/loss" in entry]
     assert logged == list(range(1, meta["steps"] + 1))  # the loss curve continues, without a restart at step 1
+
+
+def test_rerun_after_the_driver_dies_resumes_a_lora_ensemble_run(tmp_path, tiny_backbone, ray_cluster):
+    """The documented recovery: the driver process dies (SIGKILL) mid-run; rerunning the same command with the
+    same run_name continues from the latest checkpoint — steps continue, none trained twice, the loss curve
+    goes on — for a LoRA + 2-head ensemble run inside real Ray Train (adapters and heads are restored, and the
+    saved checkpoint is a plain HF model carrying both heads' mean)."""
+    import os
+    import signal
+    import time
+
+    from rlhf_rm.model import read_metadata
+
+    overrides = ["trainer.epochs=4", "batching.tokens_per_worker=500", "trainer.checkpoint_every=3",
+                 "run_name=driver_killed", "model.lora.enabled=true", "model.lora.r=4", "model.ensemble_size=2"]
+    # The first driver: its own process, joined to this module's cluster, killed once a checkpoint is registered.
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from test_train import train_tiny; from pathlib import Path; "
+              "train_tiny(Path(sys.argv[2]), sys.argv[3], sys.argv[4:])")
+    driver = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent), str(tmp_path), tiny_backbone,
+                               *overrides, "ray.address=auto"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = tmp_path / "run" / "progress.json"
+    snapshot = tmp_path / "ray" / "driver_killed" / "checkpoint_manager_snapshot.json"
+    killed, deadline = None, time.time() + 240
+    while killed is None and time.time() < deadline and driver.poll() is None:
+        try:
+            position = json.loads(progress.read_text()) if progress.exists() else {}
+        except json.JSONDecodeError:
+            position = {}
+        if snapshot.exists() and 4 <= position.get("step", 0) and position["step"] + 6 < position["total_steps"]:
+            killed = position
+            os.kill(driver.pid, signal.SIGKILL)
+        time.sleep(0.05)
+    driver.wait(timeout=60)
+    assert killed is not None, "never saw the first driver with a registered checkpoint and 6+ steps to go"
+
+    metrics = train_tiny(tmp_path, tiny_backbone, overrides)  # the rerun: same command, same run_name
+    meta = read_metadata(metrics["checkpoint"])
+    assert meta["resumed_from"] and 0 < meta["resumed_from"][0] <= killed["step"]
+    trained = [tuple(s) for s in meta["trained_steps"]]
+    assert len(trained) == len(set(trained)) == meta["steps"] == killed["total_steps"]
+    logged = [entry["step"] for entry in meta["metrics_log"] if "train/loss" in entry]
+    assert logged == list(range(1, meta["steps"] + 1))
+    assert meta["config"]["model"]["lora"]["enabled"] and meta["config"]["model"]["ensemble_size"] == 2
+    assert metrics["dev_ensemble_spread_mean"] > 0  # both heads trained, and differently
