@@ -79,33 +79,6 @@ def test_two_worker_ddp_run_learns_and_checkpoint_reloads(tmp_path, tiny_backbon
     assert json.loads(out.stdout.strip().splitlines()[-1])["score"] == pytest.approx(float(chosen[0]), abs=1e-5)
 
 
-def test_progress_output_is_one_line_per_step_without_carriage_returns(tmp_path, tiny_backbone, ray_cluster):
-    """`python -m rlhf_rm.train` with stdout piped (as in CI or `ray job logs`): each logged step's line
-    appears exactly once, and no worker progress bar (nor any '\\r' redraw) reaches the output."""
-    import re
-
-    import ray
-
-    command = [sys.executable, "-m", "rlhf_rm.train", f"model.path={tiny_backbone}",
-               f"data.train={FIXTURES / 'hh_train_small.jsonl'}", f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}",
-               "trainer.num_workers=2", "batching.tokens_per_worker=1200", "trainer.log_every=1", "logger=none",
-               f"trainer.storage_path={tmp_path / 'ray'}", f"hydra.run.dir={tmp_path / 'run'}",
-               # join this module's cluster rather than start a second one
-               f"ray.address={ray.get_runtime_context().gcs_address}"]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    output = out.stdout + out.stderr
-    assert out.returncode == 0, output[-3000:]
-    steps = re.findall(r"step (\d+)/(\d+) \|", output)
-    total = int(steps[0][1])
-    assert total >= 2
-    assert sorted(int(k) for k, _ in steps) == list(range(1, total + 1)), output[-3000:]  # each once
-    assert "\r" not in output
-    assert "pair/s]" not in output  # no tqdm bar (from the workers or anywhere else)
-    progress = json.loads((tmp_path / "run" / "progress.json").read_text())
-    assert progress["step"] == progress["total_steps"] == total
-    assert progress["pairs_done"] == progress["total_pairs"] == 40 and progress["loss"] > 0
-
-
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_zero_on_cpu(tmp_path, tiny_backbone, ray_cluster, stage):
     """The saved checkpoint (ZeRO-3: gathered from the shards) reloads with plain `from_pretrained` and
@@ -193,24 +166,34 @@ def test_killed_worker_resumes_from_checkpoint_without_repeating_data(tmp_path, 
     assert logged == list(range(1, meta["steps"] + 1))  # the loss curve continues, without a restart at step 1
 
 
+def train_command(tmp_path, backbone, extra: list[str]) -> list[str]:
+    """`python -m rlhf_rm.train` as a user types it (train_tiny's settings), joined to this module's cluster."""
+    import ray
+
+    return [sys.executable, "-m", "rlhf_rm.train", f"model.path={backbone}",
+            f"data.train={FIXTURES / 'hh_train_small.jsonl'}", f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}",
+            "trainer.num_workers=2", "batching.tokens_per_worker=1200", "trainer.lr=2e-3", "trainer.warmup_ratio=0",
+            "trainer.log_every=1", "logger=none", f"trainer.storage_path={tmp_path / 'ray'}",
+            f"hydra.run.dir={tmp_path / 'run'}", f"ray.address={ray.get_runtime_context().gcs_address}", *extra]
+
+
 def test_rerun_after_the_driver_dies_resumes_a_lora_ensemble_run(tmp_path, tiny_backbone, ray_cluster):
     """The documented recovery: the driver process dies (SIGKILL) mid-run; rerunning the same command with the
     same run_name continues from the latest checkpoint — steps continue, none trained twice, the loss curve
-    goes on — for a LoRA + 2-head ensemble run inside real Ray Train (adapters and heads are restored, and the
-    saved checkpoint is a plain HF model carrying both heads' mean)."""
+    goes on — for a LoRA + 2-head ensemble run inside real Ray Train (adapters and heads restored).
+    The rerun's stdout is piped (as in CI or `ray job logs`): each step it trains prints one line, exactly once,
+    and no progress bar or '\\r' redraw reaches the output."""
     import os
+    import re
     import signal
     import time
 
     from rlhf_rm.model import read_metadata
 
-    overrides = ["trainer.epochs=4", "batching.tokens_per_worker=500", "trainer.checkpoint_every=3",
-                 "run_name=driver_killed", "model.lora.enabled=true", "model.lora.r=4", "model.ensemble_size=2"]
-    # The first driver: its own process, joined to this module's cluster, killed once a checkpoint is registered.
-    script = ("import sys; sys.path.insert(0, sys.argv[1]); from test_train import train_tiny; from pathlib import Path; "
-              "train_tiny(Path(sys.argv[2]), sys.argv[3], sys.argv[4:])")
-    driver = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent), str(tmp_path), tiny_backbone,
-                               *overrides, "ray.address=auto"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = train_command(tmp_path, tiny_backbone, [
+        "trainer.epochs=4", "batching.tokens_per_worker=500", "trainer.checkpoint_every=3", "run_name=driver_killed",
+        "model.lora.enabled=true", "model.lora.r=4", "model.ensemble_size=2"])
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = tmp_path / "run" / "progress.json"
     snapshot = tmp_path / "ray" / "driver_killed" / "checkpoint_manager_snapshot.json"
     killed, deadline = None, time.time() + 240
@@ -226,12 +209,22 @@ def test_rerun_after_the_driver_dies_resumes_a_lora_ensemble_run(tmp_path, tiny_
     driver.wait(timeout=60)
     assert killed is not None, "never saw the first driver with a registered checkpoint and 6+ steps to go"
 
-    metrics = train_tiny(tmp_path, tiny_backbone, overrides)  # the rerun: same command, same run_name
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)  # the same command
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     meta = read_metadata(metrics["checkpoint"])
-    assert meta["resumed_from"] and 0 < meta["resumed_from"][0] <= killed["step"]
+    resumed_at = meta["resumed_from"][0]
+    assert 0 < resumed_at <= killed["step"]
     trained = [tuple(s) for s in meta["trained_steps"]]
     assert len(trained) == len(set(trained)) == meta["steps"] == killed["total_steps"]
     logged = [entry["step"] for entry in meta["metrics_log"] if "train/loss" in entry]
-    assert logged == list(range(1, meta["steps"] + 1))
+    assert logged == list(range(1, meta["steps"] + 1))  # the loss curve continues, without a restart at step 1
     assert meta["config"]["model"]["lora"]["enabled"] and meta["config"]["model"]["ensemble_size"] == 2
     assert metrics["dev_ensemble_spread_mean"] > 0  # both heads trained, and differently
+
+    printed = sorted(int(k) for k, _ in re.findall(r"step (\d+)/(\d+) \|", output))
+    assert printed == list(range(resumed_at + 1, meta["steps"] + 1)), output[-3000:]  # each once
+    assert "\r" not in output and "pair/s]" not in output  # no tqdm bar, from the workers or anywhere else
+    position = json.loads(progress.read_text())
+    assert position["step"] == position["total_steps"] == meta["steps"]
