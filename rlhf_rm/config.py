@@ -79,7 +79,7 @@ class TrainerConfig:
     cpus_per_worker: int = 1
     use_gpu: bool = False  # true: one GPU per worker, nccl
     epochs: int = 1
-    lr: float = 5.0e-5  # lr and head_lr_multiplier: best of the sweep in docs/sweep.md (experiment=sweep)
+    lr: float = 5.0e-5  # the TRL reference's lr; docs/sweep.md: what the tuning-split sweep could and could not decide
     head_lr_multiplier: float = 1.0  # the randomly initialised head's lr = lr x this
     weight_decay: float = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.95])  # AdamW (beta1, beta2)
