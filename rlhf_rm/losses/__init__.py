@@ -5,4 +5,5 @@ from rlhf_rm.losses.inputs import LossInputs
 from rlhf_rm.losses.length import LengthPenalty
 from rlhf_rm.losses.registry import LOSSES, LossDataMismatch, build_loss, check_loss_fits_data, register_loss
 
-__all__ = ["LOSSES", "LengthPenalty", "LossDataMismatch", "LossInputs", "build_loss", "check_loss_fits_data", "register_loss"]
+__all__ = ["LOSSES", "LengthPenalty", "LossDataMismatch", "LossInputs", "build_loss", "check_loss_fits_data",
+           "register_loss"]
