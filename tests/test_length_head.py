@@ -170,3 +170,74 @@ def test_refused_settings_are_config_errors(tiny_backbone):
         settings_from(compose([*base, "model.length_head.ortho_weight=-1"]))
     settings_from(compose([f"model.path={tiny_backbone}", f"data.train={FIXTURES / 'hh_train_small.jsonl'}",
                            "deepspeed=zero3"]))  # ZeRO-3 without the length head stays allowed
+
+
+def _two_worker_gradients(rank: int, world: int, port: int, rows: list, queue) -> None:
+    """One of two gloo workers: its rows' penalty, backward, and the gradients averaged as DDP does."""
+    import torch.distributed as dist
+
+    from rlhf_rm.model import HeadRewards
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        features, lengths, w_q, w_l = _penalty_problem()
+        w_q.requires_grad_(True)
+        w_l.requires_grad_(True)
+        mine = torch.tensor(rows[rank])
+        value, _ = length_disentangling(_head_rewards(HeadRewards, features[mine], w_q, w_l), lengths[mine],
+                                        LengthPenalty(0.5, 0.25, 2.0))
+        value.backward()
+        grads = torch.cat([w_q.grad, w_l.grad])
+        dist.all_reduce(grads)
+        queue.put((rank, float(value), (grads / world).tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+def _penalty_problem():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(10, 4, generator=generator, dtype=torch.float64)
+    lengths = torch.tensor([3, 9, 4, 15, 2, 7, 7, 12, 5, 1])
+    return features, lengths, torch.randn(4, generator=generator, dtype=torch.float64), torch.randn(
+        4, generator=generator, dtype=torch.float64)
+
+
+def _head_rewards(head_rewards, features, w_q, w_l):
+    cosine = torch.nn.functional.cosine_similarity(w_q.unsqueeze(0), w_l.unsqueeze(0), dim=-1)
+    return head_rewards(features @ w_q, features @ w_l, cosine)
+
+
+def test_two_workers_get_the_gradient_of_the_batch_wide_correlation():
+    """Two gloo workers holding 6 and 4 of 10 responses: the penalty each reports and the DDP-averaged
+    gradient equal one process's on all 10 (ρ over the whole step, not per worker: without the all-gather
+    each worker would correlate its own few responses, and without the world-size scaling of the gradient
+    averaging would halve the correlation terms)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from rlhf_rm.model import HeadRewards
+
+    features, lengths, w_q, w_l = _penalty_problem()
+    w_q.requires_grad_(True)
+    w_l.requires_grad_(True)
+    value, _ = length_disentangling(_head_rewards(HeadRewards, features, w_q, w_l), lengths,
+                                    LengthPenalty(0.5, 0.25, 2.0))
+    value.backward()
+    expected = torch.cat([w_q.grad, w_l.grad])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    rows = [[0, 2, 4, 6, 8, 9], [1, 3, 5, 7]]
+    workers = [context.Process(target=_two_worker_gradients, args=(rank, 2, port, rows, queue)) for rank in (0, 1)]
+    for worker in workers:
+        worker.start()
+    results = sorted(queue.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+    for rank, reported, gradient in results:
+        # The penalty computes in float32 (the model's reward dtype): float32 rounding, not float64's.
+        assert reported == pytest.approx(float(value), abs=1e-6), rank
+        torch.testing.assert_close(torch.tensor(gradient, dtype=torch.float64), expected, atol=1e-6, rtol=0)
