@@ -82,18 +82,25 @@ def test_two_worker_ddp_run_learns_and_checkpoint_reloads(tmp_path, tiny_backbon
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_zero_on_cpu(tmp_path, tiny_backbone, ray_cluster, stage):
     """The saved checkpoint (ZeRO-3: gathered from the shards) reloads with plain `from_pretrained` and
-    re-scores the dev set to the workers' in-training dev metrics."""
+    re-scores the dev set to the workers' in-training dev metrics. The ZeRO-2 run also trains ODIN's length
+    head (correlations over both workers' responses): the checkpoint is still the one-label quality head."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rlhf_rm.data import load_pairs
     from rlhf_rm.model import read_metadata
 
-    metrics = train_tiny(tmp_path, tiny_backbone, [f"deepspeed={stage}", "loss=regularized", "trainer.epochs=6"])
+    length_head = ["model.length_head.enabled=true"] if stage == "zero2" else []
+    metrics = train_tiny(tmp_path, tiny_backbone, [f"deepspeed={stage}", "loss=regularized", "trainer.epochs=6",
+                                                   *length_head])
     first, last = first_and_last_losses(metrics["checkpoint"])
     assert last < first * 0.9, (first, last)
     meta = read_metadata(metrics["checkpoint"])
     assert meta["config"]["deepspeed"]["config"]["zero_optimization"]["stage"] == int(stage[-1])
     assert meta["loss"]["name"] == "regularized"
+    if length_head:
+        assert meta["length_head"]["enabled"] and "quality head only" in meta["length_head"]["saved"]
+        logged = [e["train/length_corr_length"] for e in meta["metrics_log"] if "train/length_corr_length" in e]
+        assert len(logged) > 6 and max(logged[-3:]) > 0.5, logged
 
     pairs, _ = load_pairs(FIXTURES / "hh_dev_small.jsonl")
     tokenizer = AutoTokenizer.from_pretrained(metrics["checkpoint"])
