@@ -117,11 +117,12 @@ def run_piece(arm: str, seed: int, work: Path, extra: list[str]) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     started = datetime.now(timezone.utc)
+    commit = git_commit()  # the code this piece runs (read before it starts: the tree may move meanwhile)
     if overrides is None:
         figures = run_trl_arm(str(work), seed)
     else:
         figures = run_rlhf_rm_arm(str(work), seed, overrides + extra)
-    row = {"arm": arm, "label": label, "seed": seed, "commit": git_commit(), "started": started.isoformat(),
+    row = {"arm": arm, "label": label, "seed": seed, "commit": commit, "started": started.isoformat(),
            "device": f"{platform.machine()}, {os.cpu_count()} CPU cores",
            "loadavg_1m": {"before": load_before[0], "after": os.getloadavg()[0]},
            "overrides": (overrides or []) + extra, **figures}
