@@ -181,8 +181,8 @@ def test_a_text_that_fails_to_encode_fails_alone(direct, texts):
 
     prompts, responses = texts
     scorer = direct[0]
-    results = _score_items([(scorer, prompts[0], [responses[0]]), (scorer, 12345, ["hi"]),
-                            (scorer, prompts[1], [responses[1]])])
+    results, _ = _score_items([(scorer, prompts[0], [responses[0]]), (scorer, 12345, ["hi"]),
+                               (scorer, prompts[1], [responses[1]])])
     assert isinstance(results[1], Exception)
     assert_scores([results[0][0][0], results[2][0][0]], expected(scorer, prompts[:2], responses[:2]))
 
