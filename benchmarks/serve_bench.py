@@ -60,7 +60,7 @@ def percentiles(latencies_s: list[float]) -> tuple[float, float]:
     return statistics.median(ms), ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))]
 
 
-def bench_bare(scorer, encoded, sweep: list[int]) -> tuple[float, int, float]:
+def bench_bare(scorer, encoded, sweep: list[int], singles: int) -> tuple[float, int, float]:
     """Best scores/s over tokens-per-forward settings, and the single-text forward p50 (ms)."""
     scorer.score_encoded(encoded[:8])  # warm-up
     best = (0.0, sweep[0])
@@ -69,35 +69,71 @@ def bench_bare(scorer, encoded, sweep: list[int]) -> tuple[float, int, float]:
         start = time.perf_counter()
         scorer.score_encoded(encoded)
         best = max(best, (len(encoded) / (time.perf_counter() - start), tokens))
-    singles = []
-    for e in encoded[:50]:
+    times = []
+    for e in encoded[:singles]:
         start = time.perf_counter()
         scorer.score_encoded([e])
-        singles.append(time.perf_counter() - start)
-    return best[0], best[1], percentiles(singles)[0]
+        times.append(time.perf_counter() - start)
+    return best[0], best[1], percentiles(times)[0]
 
 
-async def drive(call, prompts, responses, callers: int, texts_per_request: int) -> tuple[float, list[float]]:
-    """`callers` concurrent loops share the texts, each request `texts_per_request` long: (scores/s, latencies)."""
+async def drive(call, prompts, responses, callers: int, texts_per_request: int) -> tuple[float, list[tuple]]:
+    """`callers` concurrent loops share the texts, each request `texts_per_request` long:
+    (scores/s, (sent, received) perf_counter times per request, in the order they were sent by one caller)."""
     requests = [(prompts[i:i + texts_per_request], responses[i:i + texts_per_request])
                 for i in range(0, len(prompts), texts_per_request)]
     queue = list(reversed(requests))
-    latencies = []
+    spans = []
 
     async def loop():
         while queue:
             p, r = queue.pop()
             start = time.perf_counter()
             scores = await call(p, r)
-            latencies.append(time.perf_counter() - start)
+            spans.append((start, time.perf_counter()))
             assert len(scores) == len(p)
 
     start = time.perf_counter()
     await asyncio.gather(*(loop() for _ in range(callers)))
-    return len(prompts) / (time.perf_counter() - start), latencies
+    return len(prompts) / (time.perf_counter() - start), spans
 
 
-def main(argv=None) -> int:
+def latencies(spans: list[tuple]) -> list[float]:
+    return [end - start for start, end in spans]
+
+
+STAGES = [  # (name, from, to): indexes into (sent, http entry, handler entry, thread start, tokenized,
+            # forward done, handler return, received); the replica records 1..6 (recent_stages)
+    ("caller -> replica handler (handle: router + actor call)", 0, 2),
+    ("caller -> replica ASGI app (HTTP client + proxy + router + actor call)", 0, 1),
+    ("ASGI app -> handler (FastAPI routing, auth, body validation)", 1, 2),
+    ("handler -> forward thread (validation, queue, thread hand-off)", 2, 3),
+    ("tokenize", 3, 4),
+    ("forward (model)", 4, 5),
+    ("forward thread -> handler return (hand-off back, result dict)", 5, 6),
+    ("handler return -> caller (reply, serialization, proxy for HTTP)", 6, 7),
+]
+
+
+def stage_rows(spans: list[tuple], replica: list[tuple], bare_ms: float) -> list[tuple[str, float]]:
+    """Median ms per stage of one caller's sequential single-text calls: the client's send/receive times
+    lined up with the replica's (perf_counter is CLOCK_MONOTONIC: one clock for every process here)."""
+    replica = replica[-len(spans):]
+    assert len(replica) == len(spans), (len(replica), len(spans))
+    joined = [(s, *r, e) for (s, e), r in zip(spans, replica)]
+    http = joined[0][1] is not None
+    rows = []
+    for name, a, b in STAGES:
+        if (not http and 1 in (a, b)) or (http and (a, b) == (0, 2)):
+            continue  # HTTP splits caller -> handler at the ASGI app; a handle call has no ASGI step
+        rows.append((name, statistics.median((t[b] - t[a]) * 1000 for t in joined)))
+    total = statistics.median((e - s) * 1000 for s, e in spans)
+    rows.append(("total (p50 of the call)", total))
+    rows.append(("overhead: total - bare single-text forward", total - bare_ms))
+    return rows
+
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="a trained checkpoint; default: build a random Llama")
     parser.add_argument("--hidden", type=int, default=256)
@@ -106,21 +142,24 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=128,
                         help="rendering max length of the built-in checkpoint (a trained one keeps its own)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, bare forward and replica alike")
-    parser.add_argument("--callers", type=int, default=32, help="concurrent callers for throughput / high load")
+    parser.add_argument("--callers", type=int, default=16, help="concurrent callers for throughput / high load")
     parser.add_argument("--texts-per-request", type=int, default=8)
+    parser.add_argument("--single-calls", type=int, default=100,
+                        help="sequential single-text calls of the one-caller rows (and of the bare single forward)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--batch-wait", type=float, default=None,
                         help="the pool's batch_wait_timeout_s (default: the shipped one)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+                        help="instead: sustained load for SECONDS (replica memory growth and errors; see soak())")
+    parser.add_argument("--soak-callers", type=int, default=8)
+    return parser.parse_args(argv)
 
-    import httpx
-    import ray
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     import torch
-    from ray import serve
 
     from rlhf_rm.scoring import RewardScorer
-    from rlhf_rm.serve.app import start
-    from rlhf_rm.serve.config import LiveSettings, ServeConfig
 
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="serve_bench_"))
@@ -128,11 +167,33 @@ def main(argv=None) -> int:
     all_prompts, all_responses = fixture_pairs()
     reps = -(-args.texts // len(all_prompts))
     prompts, responses = (all_prompts * reps)[:args.texts], (all_responses * reps)[:args.texts]
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    if args.soak:
+        from serve_soak import soak  # beside this file
+
+        return soak(args, checkpoint, prompts, responses)
 
     scorer = RewardScorer(checkpoint)  # lengths come from the checkpoint's rendering
     encoded = [scorer.encode(p, r) for p, r in zip(prompts, responses)]
     mean_tokens = sum(e.shared_length() for e in encoded) / len(encoded)
-    bare_rate, best_tokens, bare_single_ms = bench_bare(scorer, encoded, [1024, 2048, 4096, 8192, 16384])
+    bare_rate, best_tokens, bare_single_ms = bench_bare(scorer, encoded, [1024, 2048, 4096, 8192, 16384],
+                                                        args.single_calls)
+    rows, stages, batches = bench_pool(args, checkpoint, best_tokens, prompts, responses)
+
+    model = checkpoint if args.checkpoint else f"random Llama h{args.hidden} l{args.layers}"
+    print(f"\nmodel: {model}; {args.texts} texts, mean {mean_tokens:.0f} tokens (max_length {scorer.spec.max_length}); "
+          f"torch threads {args.threads}; bare forward best at tokens_per_forward={best_tokens}; "
+          f"mean pool batch {batches['texts'] / max(1, batches['count']):.1f} texts; "
+          f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    print_tables(args, rows, stages, bare_rate, bare_single_ms)
+    return 0
+
+
+def start_pool(args, checkpoint: str, tokens_per_forward: int):
+    import ray
+
+    from rlhf_rm.serve.app import start
+    from rlhf_rm.serve.config import LiveSettings, ServeConfig
 
     ray.init(num_cpus=os.cpu_count() + 2, include_dashboard=False, log_to_driver=False)
     os.environ.pop("RLHF_RM_SERVE_TOKEN", None)
@@ -140,9 +201,18 @@ def main(argv=None) -> int:
     config = ServeConfig(app_name="rm_bench", port=args.port, num_replicas=1, num_cpus_per_replica=1,
                          torch_threads=args.threads,
                          live=LiveSettings(checkpoint=checkpoint, max_batch_size=256,
-                                           tokens_per_forward=best_tokens, **wait))
-    handle = start(config)
-    url = f"http://127.0.0.1:{args.port}"
+                                           tokens_per_forward=tokens_per_forward, **wait))
+    return start(config), f"http://127.0.0.1:{args.port}"
+
+
+def bench_pool(args, checkpoint: str, tokens_per_forward: int, prompts, responses):
+    """Throughput and single-text rows through the handle and HTTP; per-stage times of the one-caller rows."""
+    import httpx
+    import ray
+    from ray import serve
+
+    handle, url = start_pool(args, checkpoint, tokens_per_forward)
+    singles = args.single_calls
 
     async def via_handle(p, r):
         return (await handle.score.remote(p, r))["scores"]
@@ -154,38 +224,41 @@ def main(argv=None) -> int:
                 reply.raise_for_status()
                 return reply.json()["scores"]
 
-            rows = {}
+            rows, stages = {}, {}
             for name, call in (("handle", via_handle), ("http", via_http)):
                 await drive(call, prompts[:32], responses[:32], 4, 4)  # warm-up
                 rows[f"{name} throughput"] = await drive(call, prompts, responses, args.callers,
                                                          args.texts_per_request)
-                rows[f"{name} 1 caller"] = await drive(call, prompts[:60], responses[:60], 1, 1)
+                rows[f"{name} 1 caller"] = await drive(call, prompts[:singles], responses[:singles], 1, 1)
+                stages[name] = await handle.recent_stages.remote(singles)
                 rows[f"{name} {args.callers} callers"] = await drive(call, prompts, responses, args.callers, 1)
-            return rows
+            return rows, stages
 
-    rows = asyncio.run(run_all())
+    rows, stages = asyncio.run(run_all())
     batches = handle.info.remote().result()["batches"]
     serve.shutdown()
     ray.shutdown()
+    return rows, stages, batches
 
-    model = checkpoint if args.checkpoint else f"random Llama h{args.hidden} l{args.layers}"
-    print(f"\nmodel: {model}; {args.texts} texts, mean {mean_tokens:.0f} tokens (max_length {scorer.spec.max_length}); "
-          f"torch threads {args.threads}; bare forward best at tokens_per_forward={best_tokens}; "
-          f"mean pool batch {batches['texts'] / max(1, batches['count']):.1f} texts\n")
+
+def print_tables(args, rows: dict, stages: dict, bare_rate: float, bare_single_ms: float) -> None:
     print("| path | callers x texts/request | scores/s | vs bare | p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|")
     print(f"| bare forward | batch of {args.texts} | {bare_rate:.3g} | 1.00 | {bare_single_ms:.2f} (1 text) | |")
     shapes = {"throughput": f"{args.callers} x {args.texts_per_request}", "1 caller": "1 x 1",
               f"{args.callers} callers": f"{args.callers} x 1"}
-    for key, (rate, latencies) in rows.items():
+    for key, (rate, spans) in rows.items():
         name, kind = key.split(" ", 1)
-        p50, p99 = percentiles(latencies)
+        p50, p99 = percentiles(latencies(spans))
         print(f"| pool {name} | {shapes[kind]} | {rate:.3g} | {rate / bare_rate:.2f} | {p50:.2f} | {p99:.2f} |")
-    p50_handle = percentiles(rows["handle 1 caller"][1])[0]
-    p50_http = percentiles(rows["http 1 caller"][1])[0]
-    print(f"\np50 overhead over the bare single-text forward: handle {p50_handle - bare_single_ms:.2f} ms, "
-          f"HTTP {p50_http - bare_single_ms:.2f} ms")
-    return 0
+    for name in ("handle", "http"):
+        print(f"\nOne caller, {args.single_calls} single-text calls through the {name}: p50 ms per stage "
+              f"(bare single-text forward {bare_single_ms:.2f} ms)\n")
+        print("| stage | p50 ms |\n|---|---|")
+        for stage, ms in stage_rows(rows[f"{name} 1 caller"][1], stages[name], bare_single_ms):
+            print(f"| {stage} | {ms:.2f} |")
+    print("\npool vs bare forward throughput: " + ", ".join(
+        f"{key} {rate / bare_rate:.2f}x" for key, (rate, _) in rows.items()))
 
 
 if __name__ == "__main__":

@@ -200,8 +200,8 @@ def test_a_text_that_fails_to_encode_fails_alone(direct, texts):
 
     prompts, responses = texts
     scorer = direct[0]
-    results = _score_items([(scorer, prompts[0], [responses[0]]), (scorer, 12345, ["hi"]),
-                            (scorer, prompts[1], [responses[1]])])
+    results, _ = _score_items([(scorer, prompts[0], [responses[0]]), (scorer, 12345, ["hi"]),
+                               (scorer, prompts[1], [responses[1]])])
     assert isinstance(results[1], Exception)
     assert_scores([results[0][0][0], results[2][0][0]], expected(scorer, prompts[:2], responses[:2]))
 
@@ -447,20 +447,79 @@ def wait_until_running(timeout: float = 90):
     raise AssertionError(f"pool not back to RUNNING: {serve.status().applications[APP]}")
 
 
-def test_killing_a_replica_under_load_loses_no_request(pool, direct, texts):
-    import ray
+class PlainCallers:
+    """Peer clients without retries of their own (what OpenRLHF/veRL send): threads posting one text per
+    request until stopped; every answer's status, Retry-After, proxy retry count and scores are kept."""
 
-    want = expected(direct[0], texts[0][:4], texts[1][:4])
-    with Load(pool, texts) as load:
-        load.wait_for(6)
-        ray.kill(ray.get_actor(replica_actors()[0], namespace="serve"), no_restart=True)
-        load.wait_for(20)
-        wait_until_running()
-        load.wait_for(6)
+    def __init__(self, pool, texts, n: int):
+        self.pool, self.texts = pool, texts
+        self.answers: list[tuple] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(n)]
+
+    def _run(self, index):
+        prompts, responses = self.texts
+        with self.pool.http() as http:
+            i = index
+            while not self.stop.is_set():
+                reply = http.post("/score", json={"prompts": [prompts[i % 12]], "responses": [responses[i % 12]]})
+                scores = reply.json()["scores"] if reply.status_code == 200 else None
+                self.answers.append((i % 12, reply.status_code, reply.headers.get("retry-after"),
+                                     reply.headers.get("x-rlhf-rm-retries"), scores))
+                i += 1
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+
+def replica_pids(pool) -> dict:
+    """{replica id: pid} of both replicas (info calls land on replicas at random)."""
+    seen = {}
+    with pool.http() as http:
+        for _ in range(60):
+            info = http.get("/info").json()
+            seen[info["replica"]] = info["pid"]
+            if len(seen) == 2:
+                return seen
+    raise AssertionError(f"saw only replicas {seen}")
+
+
+def test_sigkilled_replica_under_load_costs_no_request_and_no_500(pool, direct, texts):
+    """8 plain HTTP callers and two RewardClients (handle, HTTP) score while one replica's process is
+    SIGKILLed. The requests it held are retried by the proxy on the other replica, or answered 503 with
+    Retry-After; a bare 500 is a failure, and RewardClient loses nothing."""
+    import signal
+
+    want = expected(direct[0], *texts)
+    pid = next(iter(replica_pids(pool).values()))
+    with Load(pool, texts) as load, PlainCallers(pool, texts, 8) as plain:
+        load.wait_for(4)
+        before = len(plain.answers)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 20
+        while len(plain.answers) < before + 80 and time.time() < deadline:
+            time.sleep(0.05)
+        load.wait_for(4)
+    statuses = {status for _, status, *_ in plain.answers}
+    assert statuses <= {200, 503}, statuses
+    assert all(retry_after for _, status, retry_after, *_ in plain.answers if status == 503)
+    for index, status, _, _, scores in plain.answers:
+        if status == 200:
+            assert_scores(scores, [want[index]])
+    lost = [a for a in plain.answers if a[1] == 503 or a[3]]
+    assert lost, "the kill hit no request in flight: the test proved nothing"
+    assert len(plain.answers) >= before + 80
     assert load.errors == []
-    assert len(load.results) >= 30
     for scores in load.results:
-        assert_scores(scores, want)
+        assert_scores(scores, want[:4])
+    wait_until_running()  # the next tests expect two replicas
 
 
 def test_hot_reload_under_load_loses_no_request(pool, direct, texts):

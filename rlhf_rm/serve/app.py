@@ -24,6 +24,16 @@ def http_options(config: ServeConfig) -> dict:
     return options
 
 
+def controller_options() -> dict:
+    """The Serve controller's environment, which its HTTP proxies inherit: they retry a request whose replica
+    died and answer 503 + Retry-After, never a bare 500 (proxy_retry.py). Only applies when this call starts
+    Serve; a Serve started elsewhere needs the variable set where it starts."""
+    from rlhf_rm.serve.proxy_retry import IMPORT_PATH
+
+    variable = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+    return {"runtime_env": {"env_vars": {variable: os.environ.get(variable, IMPORT_PATH)}}}
+
+
 def build_app(config: ServeConfig, token_sha256: str | None):
     """The application to deploy; `token_sha256`: the bearer token's digest (None: no auth)."""
     LiveSettings.from_dict(dataclasses.asdict(config.live))  # fail here, not inside a replica
@@ -58,7 +68,7 @@ def start(config: ServeConfig):
 
     if not ray.is_initialized():
         ray.init(address=config.ray_address, include_dashboard=False)
-    serve.start(http_options=http_options(config))
+    serve.start(http_options=http_options(config), controller_options=controller_options())
     running = _running_app(config.app_name)
     token_sha256 = _token_sha256(config.token_env)
     if token_sha256 is None and running is not None:

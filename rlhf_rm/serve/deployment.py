@@ -1,14 +1,10 @@
-"""The pool's replica: a `RewardScorer` behind `@serve.batch`, with HTTP routes and in-place model reloads.
+"""The pool's replica: a `RewardScorer` behind one forward queue, with HTTP routes and in-place model reloads.
 
-Every text of every request becomes one queued item; `@serve.batch` merges the items of many concurrent
-callers into one call, which `RewardScorer.score_encoded` sorts by length and cuts into forwards of
-`tokens_per_forward` padded tokens. Padding is masked and positions start at 0, so a text's score does
-not depend on its batch mates.
-
-Serve closes a batch every `batch_wait_timeout_s` whether or not the model is free, so while one forward
-runs, many small batches pile up. `_ForwardQueue` merges everything that waited into the next forward:
-batches grow with load instead of staying at a few texts (so the default wait is 0: an idle replica
-answers at once, a busy one still batches).
+Every text of every request is one item of `_ForwardQueue`, which runs one forward at a time and merges
+everything that queued during it into the next: batches grow with load, and an idle replica answers a lone
+request at once (`batch_wait_timeout_s`, default 0, can make a forward wait for company). A batch is sorted
+by length and cut into forwards of `tokens_per_forward` padded tokens; padding is masked and positions start
+at 0, so a text's score does not depend on its batch mates.
 
 Texts are tokenized on the forward thread, just before their forward: a request crosses one thread
 boundary each way (event loop -> forward thread -> event loop), and the fast tokenizer, which is not safe
@@ -18,10 +14,13 @@ to call from two threads at once, only ever runs on that one thread.
 # No `from __future__ import annotations`: FastAPI must see the body models as real classes
 # through Serve's ingress wrapper, not as strings.
 import asyncio
+import collections
 import dataclasses
 import hashlib
 import hmac
 import logging
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import PurePath
@@ -32,6 +31,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from rlhf_rm.scoring import RewardScorer
+from rlhf_rm.serve import stages
 from rlhf_rm.serve.config import LiveSettings
 from rlhf_rm.serve.protocol import (BadRequest, ClassifyRequest, EmbeddingsRequest, GetRewardRequest,
                                     ScoreGroupRequest, ScoreRequest, check_pairs, classify_response,
@@ -55,17 +55,33 @@ async def _invalid_body(request: Request, error: RequestValidationError):
     return JSONResponse({"detail": problems}, status_code=422)
 
 
-@http_app.middleware("http")
-async def _limit_body(request: Request, call_next):
-    # Checked before the body is read, so a 10 MB upload costs the replica nothing.
-    limit = request.app.state.max_body_bytes
-    if request.method == "POST":
-        length = request.headers.get("content-length")
-        if length is None:
-            return JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
-        if int(length) > limit:
-            return JSONResponse({"detail": f"body of {length} bytes exceeds the limit of {limit}"}, status_code=413)
-    return await call_next(request)
+class _BodyLimit:
+    """Refuses a POST without Content-Length (411) or over the limit (413) before its body is read, so a 10 MB
+    upload costs the replica nothing; notes when the request entered the replica (stage timings). Plain ASGI:
+    Starlette's BaseHTTPMiddleware costs a task and a memory stream per request."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            stages.HTTP_ENTRY.set(time.perf_counter())
+            if scope["method"] == "POST":
+                refusal = _body_refusal(dict(scope["headers"]).get(b"content-length"), scope["app"].state.max_body_bytes)
+                if refusal is not None:
+                    return await refusal(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def _body_refusal(length: bytes | None, limit: int) -> JSONResponse | None:
+    if length is None:
+        return JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
+    if int(length) > limit:
+        return JSONResponse({"detail": f"body of {length.decode()} bytes exceeds the limit of {limit}"}, status_code=413)
+    return None
+
+
+http_app.add_middleware(_BodyLimit)
 
 
 def _require_token(request: Request) -> None:
@@ -93,17 +109,24 @@ def _without_paths(info: dict) -> dict:
 
 
 class _ForwardQueue:
-    """Runs forwards one at a time on one thread; each takes every batch that queued meanwhile (up to a cap)."""
+    """Runs forwards one at a time on one thread; each takes every request that queued meanwhile (up to a cap).
+
+    The replica's only batching layer: a request's texts go straight in (a `@serve.batch` in front cost a
+    queue, a task and a future per text on every call, to merge what this queue merges anyway). An idle
+    replica starts a lone request's forward at once; while a forward runs, what arrives joins the next one.
+    """
 
     def __init__(self, executor: ThreadPoolExecutor):
         self.executor = executor
-        self.waiting: list = []  # (items, future) per Serve batch
+        self.waiting: list = []  # (items, future) per request
         self.worker: asyncio.Task | None = None
-        self.max_texts = 256
+        self.max_texts = 256  # live max_batch_size
+        self.wait_s = 0.0  # live batch_wait_timeout_s: how long a forward waits for company before it starts
         self.batches = 0  # counters for /info: the mean batch size shows whether batching happens
         self.texts = 0
 
-    async def run(self, items: list) -> list[float]:
+    async def run(self, items: list) -> tuple[list, tuple]:
+        """(one result per item, the forward thread's (start, tokenized, done) times)."""
         future = asyncio.get_running_loop().create_future()
         self.waiting.append((items, future))
         if self.worker is None or self.worker.done():
@@ -113,6 +136,8 @@ class _ForwardQueue:
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self.waiting:
+            if self.wait_s and sum(len(items) for items, _ in self.waiting) < self.max_texts:
+                await asyncio.sleep(self.wait_s)
             taken, texts = [], 0
             while self.waiting and (not taken or texts + len(self.waiting[0][0]) <= self.max_texts):
                 taken.append(self.waiting.pop(0))
@@ -121,7 +146,7 @@ class _ForwardQueue:
             self.batches += 1
             self.texts += len(merged)
             try:
-                results = await loop.run_in_executor(self.executor, _score_items, merged)
+                results, times = await loop.run_in_executor(self.executor, _score_items, merged)
             except Exception as error:  # noqa: BLE001 - handed to every waiting caller
                 for _, future in taken:
                     if not future.done():  # a caller may have gone away meanwhile
@@ -130,15 +155,18 @@ class _ForwardQueue:
             start = 0
             for items, future in taken:
                 if not future.done():
-                    future.set_result(results[start:start + len(items)])
+                    future.set_result((results[start:start + len(items)], times))
                 start += len(items)
 
 
-def _score_items(items: list[tuple[RewardScorer, object, list]]) -> list[tuple]:
+def _score_items(items: list[tuple[RewardScorer, object, list]]) -> tuple[list[tuple], tuple]:
     """Tokenize and forward a merged batch of (scorer, prompt, responses) items — one response for a text,
     n for a group scored with its prompt computed once; items of different scorers (mid-reload) go to their
     own model. Each item gets (scores, spreads, truncated, tokens), or the exception that encoding it raised;
-    spreads are the std across ensemble heads, None for one head."""
+    spreads are the std across ensemble heads, None for one head. Also returns when the thread started,
+    finished tokenizing and finished the forward (perf_counter, for the stage timings)."""
+    started = time.perf_counter()
+    tokenizing = 0.0
     results: list = [()] * len(items)
     by_scorer: dict[int, list[int]] = {}
     for index, (scorer, _, _) in enumerate(items):
@@ -146,16 +174,18 @@ def _score_items(items: list[tuple[RewardScorer, object, list]]) -> list[tuple]:
     for indices in by_scorer.values():
         scorer = items[indices[0]][0]
         encoded = {}
+        tokenize_start = time.perf_counter()
         for index in indices:
             try:
                 encoded[index] = scorer.encoder.encode_group(items[index][1], items[index][2])
             except Exception as error:  # noqa: BLE001 - e.g. a chat template refusing the messages:
                 results[index] = error  # that caller gets a 400, its batch mates are still scored
+        tokenizing += time.perf_counter() - tokenize_start
         values, spreads = scorer.score_groups_with_spread(list(encoded.values()))
         for position, (index, group) in enumerate(encoded.items()):
             results[index] = (values[position], None if spreads is None else spreads[position],
                               group.prompt_truncated or group.response_truncated, group.shared_length())
-    return results
+    return results, (started, started + tokenizing, time.perf_counter())
 
 
 @serve.deployment
@@ -178,6 +208,7 @@ class ScoringDeployment:
         self.settings: LiveSettings | None = None
         # One forward thread: the event loop keeps queueing requests while a forward runs.
         self._forward_queue = _ForwardQueue(ThreadPoolExecutor(1, thread_name_prefix="rm-forward"))
+        self._stages: collections.deque = collections.deque(maxlen=4096)  # see recent_stages
 
     # -- live settings ------------------------------------------------------------------------
     async def reconfigure(self, user_config: dict) -> None:
@@ -189,8 +220,7 @@ class ScoringDeployment:
             settings = await self._load_checkpoint(settings)
         self.scorer.tokens_per_batch = settings.tokens_per_forward
         self._forward_queue.max_texts = settings.max_batch_size
-        self._forward_batch.set_max_batch_size(settings.max_batch_size)
-        self._forward_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self._forward_queue.wait_s = settings.batch_wait_timeout_s
         self.settings = settings
 
     async def _load_checkpoint(self, settings: LiveSettings) -> LiveSettings:
@@ -220,28 +250,24 @@ class ScoringDeployment:
         return dataclasses.replace(settings, checkpoint=fallback)
 
     # -- scoring (handle API) -------------------------------------------------------------------
-    # Many batches may be open at once: they wait in _ForwardQueue, which merges them. (Serve warns when
-    # max_batch_size x max_concurrent_batches exceeds max_ongoing_requests; our items are texts, not
-    # requests, so that bound does not apply.)
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0, max_concurrent_batches=64)
-    async def _forward_batch(self, items: list[tuple[RewardScorer, object, list]]) -> list[tuple]:
-        return await self._forward_queue.run(items)
-
     async def score(self, prompts: list | None, responses: list, normalize: bool | None = None) -> dict:
         """Score (prompt, response) pairs. Returns scores, truncated flags, token counts and whether
         the scores were normalized. Raises `BadRequest` for malformed input."""
+        entered = time.perf_counter()
         prompts = check_pairs(prompts, responses, self.max_texts, self.max_text_chars)
         scorer = self.scorer
         normalize = self.settings.normalize if normalize is None else normalize
         if normalize:
             self._normalized(scorer, [], None, True)  # a checkpoint without mean/std is a 400 before any compute
-        results = await asyncio.gather(*(self._forward_batch((scorer, p, [r])) for p, r in zip(prompts, responses)))
+        results, times = await self._forward_queue.run([(scorer, p, [r]) for p, r in zip(prompts, responses)]) \
+            if responses else ([], None)
         for index, result in enumerate(results):
             if isinstance(result, Exception):
                 raise BadRequest(f"text {index} could not be encoded: {type(result).__name__}: {result}")
         scores = [result[0][0] for result in results]
         spreads = [result[1][0] for result in results] if scorer.ensemble_size > 1 else None
         scores, spreads = self._normalized(scorer, scores, spreads, normalize)
+        self._record_stages(entered, times)
         return {"scores": scores, "spreads": spreads, "normalized": bool(normalize),
                 "truncated": [result[2] for result in results], "tokens": [result[3] for result in results]}
 
@@ -257,12 +283,26 @@ class ScoringDeployment:
         group_advantages([0.0, 1.0], advantages)  # an unknown kind is a 400 before any compute
         scorer = self.scorer
         normalize = self.settings.normalize if normalize is None else normalize
-        result = await self._forward_batch((scorer, prompt, list(responses)))
+        entered = time.perf_counter()
+        results, times = await self._forward_queue.run([(scorer, prompt, list(responses))])
+        result = results[0]
         if isinstance(result, Exception):
             raise BadRequest(f"the group could not be encoded: {type(result).__name__}: {result}")
         scores, spreads = self._normalized(scorer, result[0], result[1], normalize)
+        self._record_stages(entered, times)
         return {"scores": scores, "spreads": spreads, "advantages": group_advantages(scores, advantages),
                 "normalized": bool(normalize), "truncated": result[2], "tokens": result[3]}
+
+    def _record_stages(self, entered: float, times: tuple | None) -> None:
+        if times is not None:
+            self._stages.append((stages.HTTP_ENTRY.get(), entered, *times, time.perf_counter()))
+
+    def recent_stages(self, n: int = 1024) -> list[tuple]:
+        """perf_counter times of the last n scoring calls, for serve_bench's per-stage table: (HTTP request
+        entered the replica's ASGI app or None, handler entered, forward thread started, tokenized, forward
+        done, handler returned). perf_counter is CLOCK_MONOTONIC, so a caller on this machine can line
+        them up with its own send and receive times."""
+        return list(self._stages)[-n:]
 
     def _normalized(self, scorer: RewardScorer, scores: list, spreads: list | None, normalize: bool):
         if not normalize:
@@ -288,6 +328,7 @@ class ScoringDeployment:
                 "max_texts_per_request": self.max_texts,
                 "max_text_chars": self.max_text_chars,
                 "replica": serve.get_replica_context().replica_id.unique_id,
+                "pid": os.getpid(),  # for memory sampling (serve_bench --soak) and tests that kill a replica
                 "batches": {"count": self._forward_queue.batches, "texts": self._forward_queue.texts}}
 
     def redeploy_state(self) -> dict:
