@@ -85,6 +85,7 @@ def normalize_source(source) -> dict:
     spec.setdefault("split", None)
     spec.setdefault("dev_fraction", 0.2)
     spec.setdefault("as_pairs", None)
+    spec.setdefault("limit", None)  # the first N input rows of this source (data.limit / dev_limit, if smaller, win)
     spec.setdefault("name", Path(spec["path"]).parent.name or Path(spec["path"]).stem)
     if spec["format"] in BENCHMARK_FORMATS:
         spec.setdefault("prompt_style", "chat")  # chat | plain: how the user turn is written (data/rewardbench.py)
@@ -133,7 +134,8 @@ def load_examples(
     dev_keys: set | frozenset | None = None,
     drop_dev_overlap: bool = False,
 ) -> tuple[list[tuple[str, Example]], DataReport]:
-    """Read every source into (source name, example) items; `limit` keeps the first N rows of each source.
+    """Read every source into (source name, example) items; `limit` keeps the first N rows of each source
+    (a source's own `limit` caps it further: the smaller of the two applies).
 
     dedupe: keep only the first of identical examples (example_key); `seen` shares the keys across calls,
     so one split made of several sources is deduplicated as a whole.
@@ -153,15 +155,17 @@ def load_examples(
             spec = normalize_source(source)
             spec.setdefault("prompt_separator", prompt_separator)
             spec.setdefault("max_row_bytes", max_row_bytes)
+            caps = [n for n in (limit, spec["limit"]) if n is not None]
+            cap = min(caps) if caps else None
             path = Path(spec["path"])  # a file, a directory or a glob (sources.iter_source expands it)
             try:
                 items = iter_source(spec)
                 rows_in_source = 0
                 for row_origin, group in itertools.groupby(items, key=lambda item: item.row):
-                    if limit is not None and rows_in_source >= limit:
+                    if cap is not None and rows_in_source >= cap:
                         break
                     group = list(group)
-                    rows = group[0].rows if limit is None else min(group[0].rows, limit - rows_in_source)
+                    rows = group[0].rows if cap is None else min(group[0].rows, cap - rows_in_source)
                     rows_in_source += rows
                     report.rows_read += rows
                     errors = [item for item in group if isinstance(item.item, RowError)]
