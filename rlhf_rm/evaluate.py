@@ -378,9 +378,9 @@ def load_dev_pairs(cfg: DictConfig, report_dir: Path, prompt_style: str = "chat"
     for label, spec in dev_sources(cfg.data.dev, prompt_style):
         if spec["format"] in BENCHMARK_FORMATS:
             spec.setdefault("prompt_separator", separator or cfg.data.prompt_separator)
+        quarantine = report_dir / f"quarantine_{len(data.summary['sources'])}.jsonl"
         loaded, data_report = load_pairs([spec], on_error=cfg.data.on_error, limit=cfg.data.dev_limit,
-                                         quarantine_path=report_dir / f"quarantine_{len(data.summary['sources'])}.jsonl",
-                                         prompt_separator=cfg.data.prompt_separator)
+                                         quarantine_path=quarantine, prompt_separator=cfg.data.prompt_separator)
         if spec["format"] in BENCHMARK_FORMATS:
             data.benchmarks[label] = {"format": spec["format"], "prompt_style": spec["prompt_style"],
                                       "examples": loaded}
@@ -416,7 +416,8 @@ def checkpoint_prompt_style(metadata: dict, requested: str) -> tuple[str, str]:
     formats = {normalize_source(s)["format"] for s in sources}
     if formats - {"preference"}:
         return "chat", f"trained on {sorted(formats)} (no chat count in rlhf_rm.json)"
-    return "plain", "trained on preference files (no chat count in rlhf_rm.json); set prompt_style=chat if they were chat"
+    return "plain", ("trained on preference files (no chat count in rlhf_rm.json); "
+                     "set prompt_style=chat if they were chat")
 
 
 def evaluate(cfg: DictConfig, report_dir: Path) -> dict:
@@ -457,8 +458,8 @@ def evaluate(cfg: DictConfig, report_dir: Path) -> dict:
 def summary_text(report: dict) -> str:
     """The printed summary: headline numbers, the chosen shorter / longer split, per source, RewardBench."""
     rewards, length = report["rewards"], report["length"]
-    lines = [f"accuracy {_fmt(rewards['accuracy'])} on {rewards['pairs']} pairs; ECE {_fmt(report['calibration']['ece'])}; "
-             f"reward-length r {_fmt(length['reward_length_correlation'])}; {_length_split(length)}"]
+    lines = [f"accuracy {_fmt(rewards['accuracy'])} on {rewards['pairs']} pairs; "
+             f"ECE {_fmt(report['calibration']['ece'])}; reward-length r {_fmt(length['reward_length_correlation'])}; {_length_split(length)}"]
     if len(report["by_source"]) > 1:
         lines += [f"  {source}: accuracy {_fmt(row['accuracy'])} on {row['pairs']} pairs; {_length_split(row)}"
                   for source, row in report["by_source"].items()]

@@ -141,7 +141,8 @@ def source_lines(metrics: dict, prefix: str = "") -> list[str]:
     pairs), chosen longer 0.400 (10 pairs)"."""
     def split(suffix: str) -> str:
         return ", ".join(f"chosen {side} {_fmt(metrics.get(f'{prefix}accuracy_chosen_{side}{suffix}'))} "
-                         f"({metrics.get(f'{prefix}pairs_chosen_{side}{suffix}', 0)} pairs)" for side in ("shorter", "longer"))
+                         f"({metrics.get(f'{prefix}pairs_chosen_{side}{suffix}', 0)} pairs)"
+                         for side in ("shorter", "longer"))
 
     if f"{prefix}pairs_chosen_shorter" not in metrics:
         return []

@@ -110,7 +110,8 @@ def test_prompt_style_follows_the_checkpoint():
 
     summary = {"data_summary": {"train": {"examples": 10, "chat_examples": 7}}}
     assert checkpoint_prompt_style(summary, "auto")[0] == "chat"
-    assert checkpoint_prompt_style({"data_summary": {"train": {"examples": 10, "chat_examples": 0}}}, "auto")[0] == "plain"
+    plain = {"data_summary": {"train": {"examples": 10, "chat_examples": 0}}}
+    assert checkpoint_prompt_style(plain, "auto")[0] == "plain"
     assert checkpoint_prompt_style(summary, "plain")[0] == "plain"
     older = {"config": {"data": {"train": [{"path": "t.jsonl", "format": "oasst_trees"}]}}}
     assert checkpoint_prompt_style(older, "auto")[0] == "chat"
