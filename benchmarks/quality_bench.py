@@ -1,15 +1,26 @@
-"""Reward quality at equal time: the issue-9 TRL reference run vs rlhf_rm's default job, in one go.
+"""Reward quality on the test split, several seeds, TRL side by side — a benchmark that runs in pieces.
 
-  reference  TRL RewardTrainer, SmolLM2-135M-Instruct, the first 400 HH-RLHF harmless train pairs (TRL drops
-             those over max length), max length 512, batch 8, one epoch, lr 5e-5, cosine, 5% warmup,
-             center_rewards_coefficient 0.01, fp32 (as benchmarks/train_bench.py; in its own process)
-  rlhf_rm    the README's main job, `python -m rlhf_rm.train experiment=quickstart` (defaults: 2 Ray Train
-             workers, prefix-shared token-budget batches, the same 400 pairs and max length)
+Each piece trains one arm with one seed and saves one JSON row (seed, commit, figures) under
+benchmarks/results/quality/; `merge` builds the README table (mean ± std over the seeds each arm has).
+A piece is 10–40 minutes on 2 CPU cores, so a full table (arms × ≥ 3 seeds) spans sessions.
 
-Both score the same 208 dev pairs. Wall-clock is reported two ways: the training loop alone, and the
-whole job (model load, data, Ray start-up, training, evaluation). Run it on a quiet machine.
+Arms (`--arm`):
+  trl          the issue-9 reference: TRL RewardTrainer, SmolLM2-135M-Instruct, the first 400 HH-RLHF
+               harmless train pairs (TRL drops those over max length), max length 512, batch 8, one epoch,
+               lr 5e-5, cosine, 5 % warmup, center_rewards_coefficient 0.01, fp32 (benchmarks/train_bench.py)
+  rlhf_rm      the README's main job (`make train`: the same 400 pairs, 2 Ray Train workers)
+  equal_time   the main job on the pairs TRL's training time allows: the reference's training loop took 1525 s
+               (seed 0, 2026-11-29) and the main job trains 0.82 pairs/s here (400 pairs in 488 s), so 1200 pairs
+               (`data.limit=1200`, ≈ 1460 s); the table prints both training times, so the claim can be checked
+  *_length     an arm with the length-disentangled head (`model.length_head.enabled=true`, docs/length.md)
 
-    python benchmarks/quality_bench.py [--write-readme]
+Every arm is scored on the same test split (`hh-rlhf-harmless/dev.jsonl`, 208 pairs; no choice was made on
+it) with one rendering: the full text, each text keeping its last 512 tokens. The length split ("chosen
+longer" / "chosen shorter", by response tokens) is reported for every arm.
+
+    python benchmarks/quality_bench.py run --arm trl --seed 0
+    python benchmarks/quality_bench.py run --arm equal_time --seed 0
+    python benchmarks/quality_bench.py merge [--write-readme]
 """
 
 from __future__ import annotations
@@ -18,21 +29,42 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import platform
+import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "quality"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import train_bench  # noqa: E402  (the TRL run is the same code as the throughput benchmark's baseline)
 
+TEST_PAIRS = 208  # all of hh-rlhf-harmless/dev.jsonl
+ARMS = {
+    "trl": ("TRL RewardTrainer, 400 pairs (reference)", None),
+    "rlhf_rm": ("rlhf_rm `make train`, 400 pairs", []),
+    "equal_time": ("rlhf_rm at TRL's training time, 1200 pairs", ["data.limit=1200"]),
+    "rlhf_rm_length": ("rlhf_rm 400 pairs + length head", ["model.length_head.enabled=true"]),
+    "equal_time_length": ("rlhf_rm 1200 pairs + length head", ["data.limit=1200", "model.length_head.enabled=true"]),
+}
 
-def reference(queue, backbone: str, work: str) -> None:
+
+def git_commit() -> str:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "rlhf_rm", "benchmarks"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return commit + ("+dirty" if dirty else "")
+
+
+# -- TRL ---------------------------------------------------------------------------------------------
+def trl_piece(queue, backbone: str, work: str, seed: int) -> None:
     started = time.perf_counter()
-    args = argparse.Namespace(pairs=400, dev_pairs=208, max_length=512, lr=5e-5, batch_pairs=8, work=work,
-                              center_rewards=0.01)
+    args = argparse.Namespace(pairs=400, dev_pairs=TEST_PAIRS, max_length=512, lr=5e-5, batch_pairs=8, work=work,
+                              center_rewards=0.01, seed=seed, keep_scores=True)
     try:
         result = train_bench.run_trl(args, backbone)
         result["job_seconds"] = time.perf_counter() - started
@@ -41,64 +73,123 @@ def reference(queue, backbone: str, work: str) -> None:
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
-def run_reference(backbone: str, work: str) -> dict:
-    context = mp.get_context("spawn")
+def run_trl_arm(work: str, seed: int) -> dict:
+    from rlhf_rm.backbone import resolve_backbone
+    from rlhf_rm.diagnostics import length_bias
+
+    context = mp.get_context("spawn")  # its own process: its memory and threads are its own
     queue = context.Queue()
-    process = context.Process(target=reference, args=(queue, backbone, work))
+    process = context.Process(target=trl_piece, args=(queue, resolve_backbone("smollm2-135m-instruct"), work, seed))
     process.start()
     result = queue.get()
     process.join()
-    return result
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    scores = result.pop("scores")
+    length = length_bias(scores["chosen"], scores["rejected"], scores["chosen_lengths"], scores["rejected_lengths"])
+    return {"train_pairs": result["pairs"], "train_seconds": result["seconds"], "job_seconds": result["job_seconds"],
+            "test_accuracy": result["dev_accuracy"], "test_pairs": TEST_PAIRS, **length_figures(length)}
 
 
-def run_default(work: str, overrides: list[str]) -> dict:
+# -- rlhf_rm -----------------------------------------------------------------------------------------
+def run_rlhf_rm_arm(work: str, seed: int, overrides: list[str]) -> dict:
     run_dir = Path(work) / "rlhf_rm"
-    command = [sys.executable, "-m", "rlhf_rm.train", "experiment=quickstart", "logger=none",
+    command = [sys.executable, "-m", "rlhf_rm.train", "experiment=quickstart", "logger=none", f"seed={seed}",
                f"hydra.run.dir={run_dir}", f"trainer.storage_path={Path(work) / 'ray'}", *overrides]
     started = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True)
-    seconds = time.perf_counter() - started
+    job_seconds = time.perf_counter() - started
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"pairs": metrics["data"]["train"]["groups"], "seconds": metrics["train_seconds"], "job_seconds": seconds,
-            "dev_accuracy": metrics["dev_accuracy"], "dev_pairs": metrics.get("dev_pairs")}
+    diagnostics = json.loads((run_dir / "diagnostics.json").read_text())
+    return {"train_pairs": metrics["data"]["train"]["groups"], "train_seconds": metrics["train_seconds"],
+            "job_seconds": job_seconds, "test_accuracy": metrics["dev_accuracy"], "test_pairs": metrics["dev_pairs"],
+            **length_figures(diagnostics["length"])}
 
 
-def table(results: dict, device: str) -> str:
-    lines = [f"Device: {device}; dev accuracy on the 208 HH-RLHF harmless dev pairs.", "",
-             "| run | train pairs | training loop (s) | whole job (s) | dev accuracy |", "|---|---|---|---|---|"]
-    for label, r in results.items():
-        if "error" in r:
-            lines.append(f"| {label} | failed: {r['error'][:80]} | | | |")
-            continue
-        lines.append(f"| {label} | {r['pairs']} | {r['seconds']:.0f} | {r['job_seconds']:.0f} | {r['dev_accuracy']:.3f} |")
-    return "\n".join(lines)
+def length_figures(length: dict) -> dict:
+    return {key: length[key] for key in ("longer_chosen_accuracy", "longer_chosen_pairs", "shorter_chosen_accuracy",
+                                         "shorter_chosen_pairs", "reward_length_correlation")}
+
+
+def run_piece(arm: str, seed: int, work: Path, extra: list[str]) -> Path:
+    label, overrides = ARMS[arm]
+    work = work / f"{arm}-seed{seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    started = datetime.now(timezone.utc)
+    commit = git_commit()  # the code this piece runs (read before it starts: the tree may move meanwhile)
+    if overrides is None:
+        figures = run_trl_arm(str(work), seed)
+    else:
+        figures = run_rlhf_rm_arm(str(work), seed, overrides + extra)
+    row = {"arm": arm, "label": label, "seed": seed, "commit": commit, "started": started.isoformat(),
+           "device": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+           "loadavg_1m": {"before": load_before[0], "after": os.getloadavg()[0]},
+           "overrides": (overrides or []) + extra, **figures}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{arm}-seed{seed}.json"
+    path.write_text(json.dumps(row, indent=1) + "\n")
+    print(json.dumps(row), flush=True)
+    return path
+
+
+# -- merge -------------------------------------------------------------------------------------------
+def mean_std(values: list[float], digits: int = 3) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def merge(rows: list[dict]) -> str:
+    by_arm: dict[str, list[dict]] = {}
+    for row in rows:
+        by_arm.setdefault(row["arm"], []).append(row)
+    lines = ["| run | seeds | train pairs | training loop (s) | test accuracy | chosen longer | chosen shorter "
+             "| reward–length r |", "|---|---|---|---|---|---|---|---|"]
+    for arm in [a for a in ARMS if a in by_arm]:
+        group = sorted(by_arm[arm], key=lambda r: r["seed"])
+        lines.append(
+            f"| {ARMS[arm][0]} | {len(group)} ({', '.join(str(r['seed']) for r in group)}) "
+            f"| {round(statistics.mean(r['train_pairs'] for r in group))} "
+            f"| {statistics.mean(r['train_seconds'] for r in group):.0f} "
+            f"| {mean_std([r['test_accuracy'] for r in group])} "
+            f"| {mean_std([r['longer_chosen_accuracy'] for r in group])} "
+            f"| {mean_std([r['shorter_chosen_accuracy'] for r in group])} "
+            f"| {mean_std([r['reward_length_correlation'] for r in group], 2)} |")
+    devices = sorted({r["device"] for r in rows})
+    dates = sorted(r["started"][:10] for r in rows)
+    first = rows[0] if rows else {}
+    notes = [f"Test split: hh-rlhf-harmless/dev.jsonl, {first.get('test_pairs', TEST_PAIRS)} pairs "
+             f"({first.get('longer_chosen_pairs')} with the chosen response longer, "
+             f"{first.get('shorter_chosen_pairs')} shorter, the rest equal). Mean ± sample std over seeds.",
+             f"Device: {', '.join(devices)}; pieces run {dates[0] if dates else '?'} to {dates[-1] if dates else '?'}; "
+             f"rows: benchmarks/results/quality/*.json (seed, commit, load average each)."]
+    return "\n".join(lines) + "\n\n" + "\n".join(notes)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default="outputs/quality_bench")
-    parser.add_argument("--skip-reference", action="store_true")
-    parser.add_argument("--write-readme", action="store_true", help="replace the table in README.md")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the rlhf_rm run")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train and score one arm with one seed; saves its row")
+    run.add_argument("--arm", choices=sorted(ARMS), required=True)
+    run.add_argument("--seed", type=int, required=True)
+    run.add_argument("--work", default="outputs/quality_bench")
+    run.add_argument("overrides", nargs="*", help="extra Hydra overrides for rlhf_rm arms (recorded in the row)")
+    merged = sub.add_parser("merge", help="build the table from the saved rows")
+    merged.add_argument("--write-readme", action="store_true", help="replace the table in README.md")
     args = parser.parse_args()
-    work = str(Path(args.work).resolve())
-
-    from rlhf_rm.backbone import resolve_backbone
-
-    backbone = resolve_backbone("smollm2-135m-instruct")
-    results = {}
-    if not args.skip_reference:
-        results["TRL RewardTrainer (issue-9 reference config)"] = run_reference(backbone, work)
-        print(json.dumps(results), flush=True)
-    results["rlhf_rm defaults (`make train`)"] = run_default(work, args.overrides)
-    import platform
-
-    device = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
-    text = table(results, device) + f"\n\nCommand: `python benchmarks/quality_bench.py {' '.join(sys.argv[1:])}`"
-    print("\n" + text)
-    (Path(work) / "quality_bench.md").write_text(text + "\n")
+    if args.command == "run":
+        run_piece(args.arm, args.seed, Path(args.work).resolve(), args.overrides)
+        return 0
+    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    text = merge(rows) + "\n\nCommands: `python benchmarks/quality_bench.py run --arm ARM --seed S` per piece, then " \
+                         "`python benchmarks/quality_bench.py merge --write-readme`"
+    print(text)
     if args.write_readme:
-        train_bench.write_readme_block("quality-bench", text, "Reward quality at equal time")
+        train_bench.write_readme_block("quality-bench", text, "Reward quality")
     return 0
 
 

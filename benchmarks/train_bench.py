@@ -61,7 +61,8 @@ def run_trl(args, backbone: str) -> dict:
                           # Same precision and no recomputation as rlhf_rm (TRL defaults both on; bf16 on a
                           # CPU without bf16 units is ~10x slower, which would flatter us).
                           bf16=False, gradient_checkpointing=False,
-                          lr_scheduler_type="cosine", warmup_steps=0.05, seed=0, dataloader_num_workers=0,
+                          lr_scheduler_type="cosine", warmup_steps=0.05, seed=getattr(args, "seed", 0),
+                          dataloader_num_workers=0,
                           center_rewards_coefficient=getattr(args, "center_rewards", None))
     trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_dict(rows), processing_class=tokenizer)
     kept = trainer.train_dataset
@@ -69,17 +70,27 @@ def run_trl(args, backbone: str) -> dict:
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
-    # Dev accuracy with TRL's own text convention (full text, right padding, HF pooling).
+    # Dev accuracy in TRL's training rendering (RewardTrainer appends EOS to every text it trains on), right
+    # padding, HF pooling; a text over max_length keeps its last tokens, the rule rlhf_rm's checkpoints use.
     model.eval()
-    correct = 0
+    tokenizer.truncation_side = "left"
+    eos = tokenizer.eos_token
+    scores = {"chosen": [], "rejected": [], "chosen_lengths": [], "rejected_lengths": []}
     with torch.no_grad():
         for p in dev:
-            enc = tokenizer([p.prompt + p.chosen, p.prompt + p.rejected], return_tensors="pt", padding=True,
+            enc = tokenizer([p.prompt + p.chosen + eos, p.prompt + p.rejected + eos], return_tensors="pt", padding=True,
                             truncation=True, max_length=args.max_length)
-            scores = model(**enc).logits.squeeze(-1)
-            correct += int(scores[0] > scores[1])
-    return {"pairs": len(kept), "dropped": args.pairs - len(kept), "seconds": seconds, "real_tokens": real_tokens,
-            "dev_accuracy": correct / len(dev)}
+            chosen, rejected = model(**enc).logits.squeeze(-1).tolist()
+            scores["chosen"].append(chosen)
+            scores["rejected"].append(rejected)
+            for side, text in (("chosen", p.chosen), ("rejected", p.rejected)):
+                scores[f"{side}_lengths"].append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    correct = sum(c > r for c, r in zip(scores["chosen"], scores["rejected"]))
+    result = {"pairs": len(kept), "dropped": args.pairs - len(kept), "seconds": seconds, "real_tokens": real_tokens,
+              "dev_accuracy": correct / len(dev)}
+    if getattr(args, "keep_scores", False):
+        result["scores"] = scores
+    return result
 
 
 # -- rlhf_rm -----------------------------------------------------------------------------------------

@@ -165,7 +165,9 @@ def main(argv=None) -> int:
     policy_path = args.policy if Path(args.policy).is_dir() else resolve_backbone(args.policy)
     prompts = first_human_turns(Path(args.data), args.actors * args.prompts_per_actor * args.steps)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    ray.init(num_cpus=args.actors + 1, include_dashboard=False, log_to_driver=False)
+    started_ray = not ray.is_initialized()  # joined to a running Ray (a test, a notebook): leave it running
+    if started_ray:
+        ray.init(num_cpus=args.actors + 1, include_dashboard=False, log_to_driver=False)
     app = args.pool_app
     if app is None:
         app = "rlhf_rm"
@@ -195,7 +197,8 @@ def main(argv=None) -> int:
     tracker.summary({"ppo/reward_first": history[0], "ppo/reward_last": history[-1]})
     tracker.finish()
     print(json.dumps({"reward_mean_by_step": [round(r, 4) for r in history]}))
-    ray.shutdown()
+    if started_ray:
+        ray.shutdown()
     return 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -63,9 +64,21 @@ def job_command(job: str, args: list[str], python: str, output_root: str, stamp:
     return command
 
 
+# Names that hold credentials. Ray records a job's runtime env in its job table (`ray job list` shows it to
+# anyone who can reach the dashboard), so such values must reach jobs through the nodes' environment instead.
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
+SECRETS_FILE = "~/.rlhf_rm/secrets.env"  # sourced by cluster.yaml's `ray start` commands on every node
+
+
 def runtime_env(env_names: list[str]) -> dict:
     env_vars = {"TOKENIZERS_PARALLELISM": "false"}
     for name in env_names:
+        if SECRET_NAME.search(name):
+            raise SystemExit(
+                f"--env {name}: looks like a secret, and Ray keeps every job's runtime env in its job table. "
+                f"Put `{name}=...` in {SECRETS_FILE} on your machine, then `ray rsync-up cluster.yaml {SECRETS_FILE} "
+                f"{SECRETS_FILE} --all-nodes` and `ray up cluster.yaml --restart-only -y`: every node's `ray start` "
+                f"exports it, so jobs inherit it (docs/cluster.md, Secrets).")
         if name not in os.environ:
             raise SystemExit(f"--env {name}: not set in this shell")
         env_vars[name] = os.environ[name]
@@ -75,8 +88,8 @@ def runtime_env(env_names: list[str]) -> dict:
 @contextmanager
 def runtime_env_file(env_names: list[str]):
     """The runtime env in a file only we can read, removed once submitted: forwarded values (--env, e.g.
-    WANDB_API_KEY) never appear on a command line (`ps`), in the printed command or in the entrypoint
-    Ray records for the job."""
+    WANDB_PROJECT) never appear on a command line (`ps`), in the printed command or in the entrypoint
+    Ray records for the job. Secrets are refused by runtime_env(): Ray records the runtime env itself."""
     handle, path = tempfile.mkstemp(prefix="rlhf_rm_runtime_env_", suffix=".yaml")  # mode 0600
     try:
         with os.fdopen(handle, "w") as out:
@@ -117,7 +130,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="train/evaluate write under OUTPUT_ROOT/JOB/TIMESTAMP unless hydra.run.dir is given")
     parser.add_argument("--gpus", type=float, default=0, help="GPUs for the entrypoint itself (evaluate on a GPU)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME",
-                        help="forward this environment variable (e.g. WANDB_API_KEY); repeatable")
+                        help="forward this (non-secret) environment variable, e.g. WANDB_PROJECT; repeatable")
     parser.add_argument("--submission-id", default=None)
     parser.add_argument("--no-wait", action="store_true", help="return after submitting instead of tailing logs")
     parser.add_argument("--wait", action="store_true", help="serve: tail logs (default: return once submitted)")

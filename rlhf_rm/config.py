@@ -37,11 +37,22 @@ class LoraConfig:
 
 
 @dataclass
+class LengthHeadConfig:
+    # ODIN (Chen et al. 2024): a second linear head absorbs response length during training; the preference loss
+    # sees r_quality + r_length and the checkpoint keeps the quality head only (docs/length.md, losses/length.py).
+    enabled: bool = False
+    corr_weight: float = 1.0  # weight of |Pearson(r_quality, response tokens)| over the step's responses
+    length_corr_weight: float = 1.0  # weight of 1 - Pearson(r_length, response tokens)
+    ortho_weight: float = 1.0  # weight of |cos(w_quality, w_length)| between the two heads' weight vectors
+
+
+@dataclass
 class ModelConfig:
     path: str = "smollm2-135m-instruct"  # a packaged backbone name (rlhf_rm.backbone) or any local HF directory
     head_init_std: Optional[float] = 0.02  # null: the HF initialisation of the score head
     ensemble_size: int = 1  # K > 1: K reward heads trained together; reward = their mean, spread = their std
     lora: LoraConfig = field(default_factory=LoraConfig)
+    length_head: LengthHeadConfig = field(default_factory=LengthHeadConfig)
 
 
 @dataclass
@@ -79,7 +90,7 @@ class TrainerConfig:
     cpus_per_worker: int = 1
     use_gpu: bool = False  # true: one GPU per worker, nccl
     epochs: int = 1
-    lr: float = 5.0e-5  # lr and head_lr_multiplier: best of the sweep in docs/sweep.md (experiment=sweep)
+    lr: float = 5.0e-5  # the TRL reference's lr; docs/sweep.md: what the tuning-split sweep could and could not decide
     head_lr_multiplier: float = 1.0  # the randomly initialised head's lr = lr x this
     weight_decay: float = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.95])  # AdamW (beta1, beta2)
@@ -273,12 +284,26 @@ def validate(settings: TrainConfig) -> None:
         # Merging adapters for the checkpoint needs the whole weights on one rank; ZeRO-3 shards them.
         raise ConfigError("model.lora.enabled=true: LoRA with DeepSpeed ZeRO-3 cannot save a merged checkpoint; "
                           "use deepspeed=zero2 (adapters are small) or no DeepSpeed")
+    _validate_length_head(settings.model.length_head, settings.deepspeed.enabled and zero_stage == 3)
     if not isinstance(settings.loss, dict) or "name" not in settings.loss:
         raise ConfigError(f"loss must be a mapping with a name, got {settings.loss!r}")
     try:
         build_loss(settings.loss)
     except TypeError as exc:
         raise ConfigError(f"loss={settings.loss}: {exc}") from exc
+
+
+def _validate_length_head(length_head: LengthHeadConfig, zero3: bool) -> None:
+    if not length_head.enabled:
+        return
+    for key in ("corr_weight", "length_corr_weight", "ortho_weight"):
+        if getattr(length_head, key) < 0:
+            raise ConfigError(f"model.length_head.{key}={getattr(length_head, key)}: must be >= 0")
+    if zero3:
+        # The orthogonality term reads both heads' whole weight vectors inside the forward; ZeRO-3 holds only a
+        # shard of each parameter outside its own module's call.
+        raise ConfigError("model.length_head.enabled=true: the length head does not run under DeepSpeed ZeRO-3; "
+                          "use deepspeed=zero2 or no DeepSpeed")
 
 
 def _plain(value):

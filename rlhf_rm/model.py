@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 METADATA_FILE = "rlhf_rm.json"
+
+
+class HeadRewards(NamedTuple):
+    """A training forward with the length head (ODIN): the quality head's rewards ([N], or [N, K] for an
+    ensemble), the length head's [N], and the cosine between their weight vectors ([K])."""
+
+    quality: torch.Tensor
+    length: torch.Tensor
+    head_cosine: torch.Tensor
 
 
 class RewardModel(nn.Module):
@@ -16,15 +27,20 @@ class RewardModel(nn.Module):
 
     HF's own pooling looks for the first pad id, which is wrong when pad == EOS (SmolLM2, Llama-3);
     here the caller says exactly which (row, column) holds each sequence's last real token.
+
+    `length_head` (training only, losses/length.py): a second bias-free linear head on the same hidden state.
+    It lives beside `hf_model`, not in it, so the saved HF model is the quality (`score`) head alone.
     """
 
-    def __init__(self, hf_model: nn.Module):
+    def __init__(self, hf_model: nn.Module, length_head: nn.Linear | None = None):
         super().__init__()
         self.hf_model = hf_model
+        self.length_head = length_head
 
     def forward(self, input_ids, attention_mask, position_ids, score_rows, score_cols,
-                segment_ids=None, document_ids=None) -> torch.Tensor:
-        """attention_mask: [rows, T] or a dense [rows, 1, T, T] tree mask; None with `segment_ids` (flex)."""
+                segment_ids=None, document_ids=None, with_length: bool = False):
+        """attention_mask: [rows, T] or a dense [rows, 1, T, T] tree mask; None with `segment_ids` (flex).
+        Returns the quality rewards; `with_length`: a HeadRewards (needs the length head)."""
         # Under LoRA the HF model is wrapped by peft; its layers are adapted in place.
         inner = self.hf_model.get_base_model() if hasattr(self.hf_model, "get_base_model") else self.hf_model
         if segment_ids is not None:  # a model loaded with attention="flex_attention" (see batching/flex_mask.py)
@@ -34,7 +50,15 @@ class RewardModel(nn.Module):
         hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                   use_cache=False).last_hidden_state
         # The head runs on the N scored positions only, not on every token.
-        return inner.score(hidden[score_rows, score_cols]).squeeze(-1).float()
+        pooled = hidden[score_rows, score_cols]
+        quality = inner.score(pooled).squeeze(-1).float()
+        if not with_length:
+            return quality
+        if self.length_head is None:
+            raise ValueError("with_length=True needs a model built with a length head (model.length_head.enabled)")
+        # Under LoRA `score` is peft's modules_to_save wrapper; its `.weight` is the trained copy's.
+        head_cosine = F.cosine_similarity(inner.score.weight.float(), self.length_head.weight.float(), dim=-1)
+        return HeadRewards(quality, self.length_head(pooled).squeeze(-1).float(), head_cosine)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -73,9 +97,9 @@ def load_tokenizer(path: str):
 
 def load_reward_model(path: str, tokenizer=None, dtype: torch.dtype = torch.float32,
                       head_init_std: float | None = None, ensemble_size: int = 1,
-                      attention: str = "sdpa") -> RewardModel:
+                      attention: str = "sdpa", length_head: bool = False) -> RewardModel:
     """Load a backbone as a reward model with `ensemble_size` scalar heads (1: a plain reward model),
-    or a trained checkpoint as it was saved."""
+    or a trained checkpoint as it was saved; `length_head`: add ODIN's training-only length head."""
     is_checkpoint = (Path(path) / METADATA_FILE).exists()
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -96,7 +120,14 @@ def load_reward_model(path: str, tokenizer=None, dtype: torch.dtype = torch.floa
         hf_model.config.pad_token_id = tokenizer.pad_token_id
     if head_init_std is not None and not is_checkpoint:
         nn.init.normal_(hf_model.score.weight, std=head_init_std)
-    return RewardModel(hf_model)
+    return RewardModel(hf_model, _length_head(hf_model.score, head_init_std) if length_head else None)
+
+
+def _length_head(score: nn.Linear, init_std: float | None) -> nn.Linear:
+    """A fresh bias-free head shaped like one row of `score`: a resumed run restores it from its train state."""
+    head = nn.Linear(score.in_features, 1, bias=False, dtype=score.weight.dtype, device=score.weight.device)
+    nn.init.normal_(head.weight, std=0.02 if init_std is None else init_std)
+    return head
 
 
 def apply_lora(model: RewardModel, lora_cfg: dict) -> None:
@@ -115,7 +146,7 @@ def merged_for_saving(model: RewardModel) -> RewardModel:
         return model
     import copy
 
-    return RewardModel(copy.deepcopy(model.hf_model).merge_and_unload())
+    return RewardModel(copy.deepcopy(model.hf_model).merge_and_unload())  # the length head stays behind
 
 
 def save_checkpoint(model: RewardModel, tokenizer, directory: str | Path, metadata: dict,

@@ -111,6 +111,11 @@ def _training_section(metadata: dict) -> str:
     for key in ("steps", "final"):
         if key in metadata:
             lines.append(f"- {key}: {fmt(metadata[key])}")
+    length_head = metadata.get("length_head")
+    if length_head:
+        weights = {k: length_head[k] for k in ("corr_weight", "length_corr_weight", "ortho_weight") if k in length_head}
+        lines.append(f"- length head (ODIN, arXiv:2402.07319): a second head absorbed response length during training "
+                     f"(`{json.dumps(weights)}`); this checkpoint's score is the quality head alone")
     for group in ("trainer", "batching"):
         settings = config.get(group) or {}
         chosen = {k: settings[k] for k in ("lr", "epochs", "num_workers", "tokens_per_worker", "lr_schedule",

@@ -15,13 +15,15 @@ from rlhf_rm.model import RewardModel, apply_lora, load_reward_model
 
 WRAPPER_PREFIX = "hf_model."  # RewardModel keeps the HF model as `self.hf_model`
 HEAD_MODULE = "score"  # AutoModelForSequenceClassification's head; LoRA keeps it fully trainable
+LENGTH_HEAD_MODULE = "length_head"  # RewardModel's training-only ODIN head (never saved in the HF model)
 
 
 def build_reward_model(weights: str, tokenizer, model: ModelConfig, attention: str = "sdpa",
                        gradient_checkpointing: bool = False) -> RewardModel:
     """A backbone (or a checkpoint to resume) as a reward model, with the configured heads and adapters."""
     reward_model = load_reward_model(weights, tokenizer, head_init_std=model.head_init_std,
-                                     ensemble_size=model.ensemble_size, attention=attention)
+                                     ensemble_size=model.ensemble_size, attention=attention,
+                                     length_head=model.length_head.enabled)
     if model.lora.enabled:
         apply_lora(reward_model, {"r": model.lora.r, "alpha": model.lora.alpha, "dropout": model.lora.dropout,
                                   "target_modules": list(model.lora.target_modules)})
@@ -36,8 +38,9 @@ def set_attention(model: RewardModel, attention: str) -> None:
 
 
 def is_head_parameter(name: str) -> bool:
-    """True for the scalar head's parameters (also under LoRA's `modules_to_save` copies)."""
-    return f".{HEAD_MODULE}." in f".{name}"
+    """True for the scalar heads' parameters (also under LoRA's `modules_to_save` copies): `score` and the
+    length head, both randomly initialised."""
+    return any(f".{module}." in f".{name}" for module in (HEAD_MODULE, LENGTH_HEAD_MODULE))
 
 
 def parameter_groups(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
@@ -64,7 +67,8 @@ def full_state_dict(engine, rank: int) -> dict | None:
     full = engine._zero3_consolidated_16bit_state_dict()
     if rank != 0:
         return None
-    return {key.removeprefix(WRAPPER_PREFIX): value for key, value in full.items()}
+    # Only the HF model's weights: a training-only head beside it is not part of the checkpoint.
+    return {key.removeprefix(WRAPPER_PREFIX): value for key, value in full.items() if key.startswith(WRAPPER_PREFIX)}
 
 
 def adapter_state(model: RewardModel) -> dict | None:
@@ -85,3 +89,16 @@ def load_adapter_state(model: RewardModel, adapters: dict) -> None:
     with torch.no_grad():
         for name, value in adapters.items():
             params[name].copy_(value)
+
+
+def length_head_state(model: RewardModel) -> dict | None:
+    """The length head's weights (None without one): the HF checkpoint leaves it out, a resume needs it."""
+    if model.length_head is None:
+        return None
+    return {name: value.detach().cpu().clone() for name, value in model.length_head.state_dict().items()}
+
+
+def load_length_head_state(model: RewardModel, state: dict) -> None:
+    if model.length_head is None:
+        raise ValueError("the checkpoint's train state has a length head but model.length_head.enabled is false")
+    model.length_head.load_state_dict(state)

@@ -60,9 +60,13 @@ def checkpoint_metadata(settings: TrainConfig, train: PreparedSplit, dev: Prepar
     """What every checkpoint's rlhf_rm.json starts with (the recipe adds progress and dev metrics). The
     rendering spec is the encoder's: every scorer of the checkpoint reads it from here."""
     resolved = as_dict(settings)
-    return {"base_model": settings.model.path, "loss": resolved["loss"], "data": resolved["data"],
-            "config": resolved, "data_summary": {"train": train.summary, "dev": dev.summary},
-            "rendering": rendering.to_dict()}
+    metadata = {"base_model": settings.model.path, "loss": resolved["loss"], "data": resolved["data"],
+                "config": resolved, "data_summary": {"train": train.summary, "dev": dev.summary},
+                "rendering": rendering.to_dict()}
+    if settings.model.length_head.enabled:  # the model card and the server's /info say how this reward was made
+        metadata["length_head"] = {**resolved["model"]["length_head"], "method": "ODIN (arXiv:2402.07319)",
+                                   "saved": "quality head only; the length head was dropped at save"}
+    return metadata
 
 
 def worker_config(settings: TrainConfig, backbone_path: str, run_dir: Path, train: PreparedSplit,

@@ -22,10 +22,10 @@ import ray.train.torch
 from rlhf_rm.batching.collate import collate
 from rlhf_rm.batching.planner import plan_steps, row_length
 from rlhf_rm.config import TrainConfig, as_dict
-from rlhf_rm.losses import build_loss
+from rlhf_rm.losses import LengthPenalty, build_loss
 from rlhf_rm.metrics import group_metrics, headline
 from rlhf_rm.model import load_tokenizer
-from rlhf_rm.model_state import build_reward_model, load_adapter_state
+from rlhf_rm.model_state import build_reward_model, load_adapter_state, load_length_head_state
 from rlhf_rm.tracking import RunTracker
 from rlhf_rm.training.checkpoints import (DEEPSPEED_DIR, all_rng_states, check_resume, load_train_state,
                                           position_from, resume_contract, resume_directory, save_and_report)
@@ -64,6 +64,9 @@ class RewardModelRecipe:
         torch.manual_seed(settings.seed)
         self.device = ray.train.torch.get_device() if settings.trainer.use_gpu else torch.device("cpu")
         self.loss_fn = build_loss(settings.loss)
+        length_head = settings.model.length_head
+        self.length_penalty = LengthPenalty(length_head.corr_weight, length_head.length_corr_weight,
+                                            length_head.ortho_weight) if length_head.enabled else None
         self._setup_data()
         self._setup_model()
         self.position = position_from(self.state, self.rank)
@@ -112,6 +115,8 @@ class RewardModelRecipe:
                                         settings.trainer.gradient_checkpointing)
         if adapters and not use_deepspeed:
             load_adapter_state(self.model, adapters)
+        if (self.state or {}).get("length_head") and not use_deepspeed:  # the HF weights hold the quality head only
+            load_length_head_state(self.model, self.state["length_head"])
         self.optimizer, self.scheduler = build_optimizer(self.model, settings.trainer, self.total_steps)
         self.engine = None
         if use_deepspeed:
@@ -163,7 +168,8 @@ class RewardModelRecipe:
         batch = collate(groups, self.tokenizer.pad_token_id, self.settings.batching.layout)
         out = train_step(self.forward, batch, groups, self.loss_fn, self.optimizer, self.scheduler,
                          engine=self.engine, device=self.device, max_grad_norm=self.settings.trainer.max_grad_norm,
-                         flex=self.settings.batching.attention == "flex", autocast=self.autocast)
+                         flex=self.settings.batching.attention == "flex", autocast=self.autocast,
+                         length_penalty=self.length_penalty)
         position = self.position
         position.step += 1
         position.trained_steps.append([epoch, step_in_epoch])
@@ -180,10 +186,11 @@ class RewardModelRecipe:
     def log(self, epoch: float) -> None:
         elapsed = time.perf_counter() - self.started
         step = self.position.step
-        loss, accuracy = self.window.take()
+        loss, accuracy, stats = self.window.take()
         metrics = {"train/loss": loss, "train/lr": self.scheduler.get_last_lr()[0],
                    "train/pairs_per_s": self.pairs_seen / elapsed, "train/tokens_per_s": self.tokens_seen / elapsed,
-                   "train/epoch": epoch, **({"train/accuracy": accuracy} if accuracy is not None else {})}
+                   "train/epoch": epoch, **({"train/accuracy": accuracy} if accuracy is not None else {}),
+                   **{f"train/{key}": value for key, value in stats.items()}}
         self.position.metrics_log.append({"step": step, **metrics})
         if self.rank == 0:  # one line per logged step, from one worker
             self.tracker.log(metrics, step=step)
@@ -254,10 +261,11 @@ class RewardModelRecipe:
 
 
 class _Window:
-    """Training loss and pair accuracy since the last log line."""
+    """Training loss, pair accuracy and the step's other statistics since the last log line."""
 
     def __init__(self):
-        self.loss, self.correct, self.groups, self.hard_pairs = 0.0, 0, 0, 0
+        self.loss, self.correct, self.groups, self.hard_pairs, self.steps = 0.0, 0, 0, 0, 0
+        self.stats: dict[str, float] = {}
 
     def add(self, out, groups: int) -> float:
         """Count one step; returns its loss."""
@@ -267,13 +275,18 @@ class _Window:
         self.correct += int((chosen > rejected).sum().item())
         self.groups += groups
         self.hard_pairs += len(chosen)
+        self.steps += 1
+        for key, value in out.stats.items():
+            self.stats[key] = self.stats.get(key, 0.0) + float(value)
         return loss
 
-    def take(self) -> tuple[float, float | None]:
-        """(mean loss per group, accuracy on pairs with a preferred side or None), and start a new window."""
+    def take(self) -> tuple[float, float | None, dict]:
+        """(mean loss per group, accuracy on pairs with a preferred side or None, per-step means of the other
+        statistics), and start a new window."""
         loss, accuracy = self.loss / self.groups, self.correct / self.hard_pairs if self.hard_pairs else None
+        stats = {key: value / self.steps for key, value in self.stats.items()}
         self.__init__()
-        return loss, accuracy
+        return loss, accuracy, stats
 
 
 def _gather_scores(scored, batches: list, count: int, world: int) -> tuple[list, list]:

@@ -207,13 +207,16 @@ def _straight_then_killed(tmp_path, overrides, monkeypatch):
     return straight, uninterrupted, resumed_train
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, prepared, lora):
+@pytest.mark.parametrize("variant", ["full", "lora", "length_head"])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, prepared, variant):
     """Kill before step 4 (the last checkpoint is step 2), rerun: steps continue at 3, optimizer and scheduler
     state come back, and the losses and final weights equal an uninterrupted run's. LoRA used to resume onto
     merged weights with *fresh* adapters (and old optimizer moments on them): its losses after the resume
-    differed. Intermediate checkpoints also carry reward_mean/std (a pool normalizing with them answered 400)."""
-    overrides = [*prepared, *(["model.lora.enabled=true", "model.lora.r=4"] if lora else [])]
+    differed. ODIN's length head is not in the HF weights: it comes back from the train state.
+    Intermediate checkpoints also carry reward_mean/std (a pool normalizing with them answered 400)."""
+    extra = {"full": [], "lora": ["model.lora.enabled=true", "model.lora.r=4"],
+             "length_head": ["model.length_head.enabled=true"]}[variant]
+    overrides = [*prepared, *extra]
     straight, uninterrupted, resumed_train = _straight_then_killed(tmp_path, overrides, monkeypatch)
     assert [m["step"] for m, _ in resumed_train.reported] == [2]
     for _, checkpoint in resumed_train.reported:  # intermediate checkpoints, normalizable
@@ -286,16 +289,17 @@ def test_each_rank_restores_its_own_rng_state():
 
 
 def test_wandb_offline_files_hold_the_metrics_and_tables_of_an_ensemble_run(tmp_path, monkeypatch, prepared):
-    """A real offline W&B run (logger=wandb, WANDB_MODE=offline from conftest) of a 2-head ensemble: its
-    summary holds the train and dev metrics (the ensemble's spread among them) and the worst-pairs table
+    """A real offline W&B run (logger=wandb, WANDB_MODE=offline from conftest) of a 2-head ensemble with the
+    length head: its summary holds the train and dev metrics (the ensemble's spread among them) and the worst-pairs table
     is written as a W&B table file."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     stand_in = _RayTrainStandIn(tmp_path / "ray")
     stand_in.install(monkeypatch)
     overrides = [*(o for o in prepared if not o.startswith("logger=")),
-                 "logger=wandb", "model.ensemble_size=2", "trainer.checkpoint_every=0"]
+                 "logger=wandb", "model.ensemble_size=2", "trainer.checkpoint_every=0",
+                 "model.length_head.enabled=true"]
     meta = _run(tmp_path, overrides, stand_in)
-    assert meta["config"]["model"]["ensemble_size"] == 2
+    assert meta["config"]["model"]["ensemble_size"] == 2 and meta["length_head"]["enabled"]
     import wandb
 
     wandb.teardown()  # the W&B service writes the run's log asynchronously; stopping it flushes everything
@@ -305,6 +309,7 @@ def test_wandb_offline_files_hold_the_metrics_and_tables_of_an_ensemble_run(tmp_
     assert [row["_step"] for row in history if "train/loss" in row] == ["1", "2", "3", "4"], history
     assert float(summary["train_steps"]) == 4 and 0.0 <= float(summary["dev/accuracy"]) <= 1.0
     assert float(summary["dev/ensemble_spread_mean"]) > 0
+    assert all(-1 <= float(row["train/length_corr_quality"]) <= 1 for row in history if "train/loss" in row)
     assert any(row.get("dev/worst_pairs/_type") == '"table-file"' for row in history)
     [table] = (run_dir / "files").glob("media/table/dev/worst_pairs_*.table.json")
     table = json.loads(table.read_text())

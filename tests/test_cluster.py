@@ -83,31 +83,54 @@ def test_launcher_passes_overrides_through_and_adds_cluster_defaults():
                                                  "hydra.run.dir=/out/evaluate/T"]
 
 
-def test_launcher_never_puts_secret_values_on_a_command_line(monkeypatch, capsys):
-    """--env WANDB_API_KEY used to put the key's value into --runtime-env-json: visible in `ps`, in the
-    printed command (also with --dry-run) and in the job's recorded entrypoint."""
+def test_launcher_never_puts_secret_values_on_a_command_line_or_in_job_metadata(monkeypatch, capsys):
+    """--env WANDB_API_KEY used to put the key's value into --runtime-env-json (visible in `ps` and the printed
+    command), then into a runtime-env file — which Ray still records in its job table for anyone who can list
+    jobs. A credential-looking name is now refused before anything is submitted (it reaches jobs through the
+    nodes' ~/.rlhf_rm/secrets.env, which cluster.yaml's `ray start` exports); other names are forwarded privately."""
     secret = "wandb-secret-value-123"
     monkeypatch.setenv("WANDB_API_KEY", secret)
-    assert submit.main(["train", "--dry-run", "--env", "WANDB_API_KEY", "--", "data.limit=8"]) == 0
-    printed = capsys.readouterr().out
-    assert "WANDB_API_KEY" in printed and secret not in printed
+    monkeypatch.setenv("WANDB_PROJECT", "rm-project")
+    submitted = []
+    monkeypatch.setattr(submit.subprocess, "run", lambda command, env: submitted.append(command))
+    for argv in (["train", "--dry-run", "--env", "WANDB_API_KEY"], ["train", "--env", "WANDB_API_KEY"],
+                 ["serve", "--env", "RLHF_RM_SERVE_TOKEN"]):
+        monkeypatch.setenv("RLHF_RM_SERVE_TOKEN", secret)
+        with pytest.raises(SystemExit, match="looks like a secret.*secrets.env"):
+            submit.main([*argv, "--", "data.limit=8"])
+    assert not submitted and secret not in capsys.readouterr().out
 
     seen = {}
 
-    def fake_run(command, env):
-        seen["command"] = command
+    def record_submit(command, env):
         runtime_env = Path(command[command.index("--runtime-env") + 1])
-        seen["mode"] = runtime_env.stat().st_mode & 0o777
-        seen["runtime_env"] = yaml.safe_load(runtime_env.read_text())
-        seen["file"] = runtime_env
+        seen.update(command=command, mode=runtime_env.stat().st_mode & 0o777, file=runtime_env,
+                    runtime_env=yaml.safe_load(runtime_env.read_text()))
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(submit.subprocess, "run", fake_run)
-    assert submit.main(["train", "--env", "WANDB_API_KEY", "--", "data.limit=8"]) == 0
-    printed = capsys.readouterr().out
-    assert secret not in printed and not any(secret in part for part in seen["command"])
-    assert seen["runtime_env"]["env_vars"]["WANDB_API_KEY"] == secret  # it still reaches the job
+    monkeypatch.setattr(submit.subprocess, "run", record_submit)
+    assert submit.main(["train", "--env", "WANDB_PROJECT", "--", "data.limit=8"]) == 0
+    assert secret not in capsys.readouterr().out and not any(secret in part for part in seen["command"])
+    assert seen["runtime_env"]["env_vars"] == {"TOKENIZERS_PARALLELISM": "false", "WANDB_PROJECT": "rm-project"}
     assert seen["mode"] == 0o600 and not seen["file"].exists()  # private to us, and removed after submitting
+
+
+def test_cluster_nodes_export_the_secrets_file_into_ray_start(tmp_path):
+    """The one way secrets reach jobs: every node's `ray start` runs with ~/.rlhf_rm/secrets.env exported
+    (and a node without the file still starts)."""
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in config[key] if "ray start" in c)
+        export = start[start.index("set -a"):start.index("ray start")]  # (ulimit needs root: not run here)
+        for home, expected in ((tmp_path / "bare", ""), (tmp_path / "node", "WANDB_API_KEY=k-123")):
+            if expected:
+                (home / ".rlhf_rm").mkdir(parents=True, exist_ok=True)
+                (home / ".rlhf_rm" / "secrets.env").write_text(expected + "\n")
+            home.mkdir(exist_ok=True)
+            result = subprocess.run(["bash", "-c", export + " env"], capture_output=True, text=True,
+                                    env={"PATH": os.environ["PATH"], "HOME": str(home)})
+            assert result.returncode == 0, result.stderr
+            assert (expected in result.stdout.splitlines()) if expected else "WANDB_API_KEY" not in result.stdout
 
 
 # -- a real local cluster --------------------------------------------------------------------------

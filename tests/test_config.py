@@ -147,3 +147,18 @@ def test_default_run_names_differ_within_one_second():
     names = {settings_from(compose([])).run_name for _ in range(3)}
     assert time.time() - started < 1.0 or len(names) == 3  # (a slow machine crossing a second proves nothing)
     assert len(names) == 3, names
+
+
+def test_sweep_chooses_on_a_tuning_split_carved_from_train_never_on_the_test_split():
+    """experiment=sweep scores its points on 10 % of train's prompts (by prompt hash): no prompt is on both
+    sides, the tuning split is never empty, and dev.jsonl (the test split) is not read at all."""
+    from rlhf_rm.data.load import load_examples
+
+    settings = settings_from(compose(["experiment=sweep"]))
+    paths = {Path(s["path"]).name for s in [*settings.data.train, *settings.data.dev]}
+    assert paths == {"train.jsonl"}, paths
+    train, _ = load_examples(settings.data.train)
+    tune, _ = load_examples(settings.data.dev)
+    prompts = lambda items: {example.prompt for _, example in items}  # noqa: E731
+    assert not prompts(train) & prompts(tune)
+    assert 0.05 < len(tune) / (len(train) + len(tune)) < 0.15, (len(tune), len(train))

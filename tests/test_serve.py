@@ -120,6 +120,25 @@ def pool(checkpoints):
         ray.shutdown()
 
 
+def test_ppo_example_takes_a_step_against_the_pool_with_one_sample_per_prompt(pool, tiny_backbone, capsys):
+    """launchers/ppo_example.py end to end for one step: a policy Ray actor generates, the pool scores the chat
+    replies through a RewardClient handle, a clipped-surrogate step runs. With --samples-per-prompt 1 the
+    advantages used to be NaN (unbiased std of one value): the loss must be finite."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ppo_example_under_test",
+                                                  Path(__file__).resolve().parents[1] / "launchers" / "ppo_example.py")
+    ppo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ppo)
+    assert ppo.main(["--reward-checkpoint", pool.checkpoint_a, "--policy", tiny_backbone, "--pool-app", APP,
+                     "--actors", "1", "--prompts-per-actor", "2", "--samples-per-prompt", "1", "--steps", "1",
+                     "--max-new-tokens", "4", "--ppo-epochs", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    step = next(line for line in lines if line.get("step") == 0)
+    assert all(abs(step[key]) < float("inf") for key in ("reward_mean", "kl_mean", "loss")), step
+    assert lines[-1]["reward_mean_by_step"] == [round(step["reward_mean"], 4)]
+
+
 def expected(scorer, prompts, responses) -> list[float]:
     return [s.score for s in scorer.score(prompts, responses)]
 

@@ -90,50 +90,28 @@ def test_two_worker_ddp_run_learns_and_checkpoint_reloads(tmp_path, tiny_backbon
     assert json.loads(out.stdout.strip().splitlines()[-1])["score"] == pytest.approx(float(chosen[0]), abs=1e-5)
 
 
-def test_progress_output_is_one_line_per_step_without_carriage_returns(tmp_path, tiny_backbone, ray_cluster):
-    """`python -m rlhf_rm.train` with stdout piped (as in CI or `ray job logs`): each logged step's line
-    appears exactly once, and no worker progress bar (nor any '\\r' redraw) reaches the output."""
-    import re
-
-    import ray
-
-    command = [sys.executable, "-m", "rlhf_rm.train", f"model.path={tiny_backbone}",
-               f"data.train={FIXTURES / 'hh_train_small.jsonl'}", f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}",
-               "trainer.num_workers=2", "batching.tokens_per_worker=1200", "trainer.log_every=1", "logger=none",
-               f"trainer.storage_path={tmp_path / 'ray'}", f"hydra.run.dir={tmp_path / 'run'}",
-               # join this module's cluster rather than start a second one
-               f"ray.address={ray.get_runtime_context().gcs_address}"]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    output = out.stdout + out.stderr
-    assert out.returncode == 0, output[-3000:]
-    steps = re.findall(r"step (\d+)/(\d+) \|", output)
-    total = int(steps[0][1])
-    assert total >= 2
-    assert sorted(int(k) for k, _ in steps) == list(range(1, total + 1)), output[-3000:]  # each once
-    assert "\r" not in output
-    assert "pair/s]" not in output  # no tqdm bar (from the workers or anywhere else)
-    assert re.search(r"all sources: chosen shorter [0-9.]+ \(\d+ pairs\), chosen longer [0-9.]+ \(\d+ pairs\)",
-                     output), output[-3000:]
-    progress = json.loads((tmp_path / "run" / "progress.json").read_text())
-    assert progress["step"] == progress["total_steps"] == total
-    assert progress["pairs_done"] == progress["total_pairs"] == 40 and progress["loss"] > 0
-
-
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_zero_on_cpu(tmp_path, tiny_backbone, ray_cluster, stage):
     """The saved checkpoint (ZeRO-3: gathered from the shards) reloads with plain `from_pretrained` and
-    re-scores the dev set to the workers' in-training dev metrics."""
+    re-scores the dev set to the workers' in-training dev metrics. The ZeRO-2 run also trains ODIN's length
+    head (correlations over both workers' responses): the checkpoint is still the one-label quality head."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rlhf_rm.data import load_pairs
     from rlhf_rm.model import read_metadata
 
-    metrics = train_tiny(tmp_path, tiny_backbone, [f"deepspeed={stage}", "loss=regularized", "trainer.epochs=6"])
+    length_head = ["model.length_head.enabled=true"] if stage == "zero2" else []
+    metrics = train_tiny(tmp_path, tiny_backbone, [f"deepspeed={stage}", "loss=regularized", "trainer.epochs=6",
+                                                   *length_head])
     first, last = first_and_last_losses(metrics["checkpoint"])
     assert last < first * 0.9, (first, last)
     meta = read_metadata(metrics["checkpoint"])
     assert meta["config"]["deepspeed"]["config"]["zero_optimization"]["stage"] == int(stage[-1])
     assert meta["loss"]["name"] == "regularized"
+    if length_head:
+        assert meta["length_head"]["enabled"] and "quality head only" in meta["length_head"]["saved"]
+        logged = [e["train/length_corr_length"] for e in meta["metrics_log"] if "train/length_corr_length" in e]
+        assert len(logged) > 6 and max(logged[-3:]) > 0.5, logged
 
     pairs, _ = load_pairs(FIXTURES / "hh_dev_small.jsonl")
     tokenizer = AutoTokenizer.from_pretrained(metrics["checkpoint"])
@@ -215,3 +193,69 @@ def test_killed_worker_resumes_from_checkpoint_without_repeating_data(tmp_path, 
     assert all(steps == list(range(len(steps))) for steps in per_epoch.values())  # none skipped
     logged = [entry["step"] for entry in meta["metrics_log"] if "train/loss" in entry]
     assert logged == list(range(1, meta["steps"] + 1))  # the loss curve continues, without a restart at step 1
+
+
+def train_command(tmp_path, backbone, extra: list[str]) -> list[str]:
+    """`python -m rlhf_rm.train` as a user types it (train_tiny's settings), joined to this module's cluster."""
+    import ray
+
+    return [sys.executable, "-m", "rlhf_rm.train", f"model.path={backbone}",
+            f"data.train={FIXTURES / 'hh_train_small.jsonl'}", f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}",
+            "trainer.num_workers=2", "batching.tokens_per_worker=1200", "trainer.lr=2e-3", "trainer.warmup_ratio=0",
+            "trainer.log_every=1", "logger=none", f"trainer.storage_path={tmp_path / 'ray'}",
+            f"hydra.run.dir={tmp_path / 'run'}", f"ray.address={ray.get_runtime_context().gcs_address}", *extra]
+
+
+def test_rerun_after_the_driver_dies_resumes_a_lora_ensemble_run(tmp_path, tiny_backbone, ray_cluster):
+    """The documented recovery: the driver process dies (SIGKILL) mid-run; rerunning the same command with the
+    same run_name continues from the latest checkpoint — steps continue, none trained twice, the loss curve
+    goes on — for a LoRA + 2-head ensemble run inside real Ray Train (adapters and heads restored).
+    The rerun's stdout is piped (as in CI or `ray job logs`): each step it trains prints one line, exactly once,
+    and no progress bar or '\\r' redraw reaches the output."""
+    import os
+    import re
+    import signal
+    import time
+
+    from rlhf_rm.model import read_metadata
+
+    command = train_command(tmp_path, tiny_backbone, [
+        "trainer.epochs=4", "batching.tokens_per_worker=500", "trainer.checkpoint_every=3", "run_name=driver_killed",
+        "model.lora.enabled=true", "model.lora.r=4", "model.ensemble_size=2"])
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = tmp_path / "run" / "progress.json"
+    snapshot = tmp_path / "ray" / "driver_killed" / "checkpoint_manager_snapshot.json"
+    killed, deadline = None, time.time() + 240
+    while killed is None and time.time() < deadline and driver.poll() is None:
+        try:
+            position = json.loads(progress.read_text()) if progress.exists() else {}
+        except json.JSONDecodeError:
+            position = {}
+        if snapshot.exists() and 4 <= position.get("step", 0) and position["step"] + 6 < position["total_steps"]:
+            killed = position
+            os.kill(driver.pid, signal.SIGKILL)
+        time.sleep(0.05)
+    driver.wait(timeout=60)
+    assert killed is not None, "never saw the first driver with a registered checkpoint and 6+ steps to go"
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)  # the same command
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    meta = read_metadata(metrics["checkpoint"])
+    resumed_at = meta["resumed_from"][0]
+    assert 0 < resumed_at <= killed["step"]
+    trained = [tuple(s) for s in meta["trained_steps"]]
+    assert len(trained) == len(set(trained)) == meta["steps"] == killed["total_steps"]
+    logged = [entry["step"] for entry in meta["metrics_log"] if "train/loss" in entry]
+    assert logged == list(range(1, meta["steps"] + 1))  # the loss curve continues, without a restart at step 1
+    assert meta["config"]["model"]["lora"]["enabled"] and meta["config"]["model"]["ensemble_size"] == 2
+    assert metrics["dev_ensemble_spread_mean"] > 0  # both heads trained, and differently
+
+    printed = sorted(int(k) for k, _ in re.findall(r"step (\d+)/(\d+) \|", output))
+    assert printed == list(range(resumed_at + 1, meta["steps"] + 1)), output[-3000:]  # each once
+    assert "\r" not in output and "pair/s]" not in output  # no tqdm bar, from the workers or anywhere else
+    assert re.search(r"all sources: chosen shorter [0-9.]+ \(\d+ pairs\), chosen longer [0-9.]+ \(\d+ pairs\)",
+                     output), output[-3000:]  # the end-of-training summary splits accuracy by length (issue 16)
+    position = json.loads(progress.read_text())
+    assert position["step"] == position["total_steps"] == meta["steps"]

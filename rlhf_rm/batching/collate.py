@@ -35,6 +35,7 @@ class ModelBatch:
     real_tokens: int  # non-pad tokens in the batch, for throughput reports
     segment_ids: torch.Tensor | None = None  # tree layouts: 0 prompt, k + 1 response k, -1 pad (flex_mask)
     document_ids: torch.Tensor | None = None  # tree layouts: which unit (group, or response for packed) of the row
+    response_lengths: torch.Tensor | None = None  # [N] response tokens of each scored response (length head loss)
 
     def model_inputs(self, flex: bool = False) -> dict:
         """Keyword arguments of RewardModel.forward; `flex`: the segments instead of the dense mask."""
@@ -59,6 +60,13 @@ class ModelBatch:
 def collate(groups: list[EncodedGroup], pad_id: int, layout: str = "prefix_shared",
             row_tokens: int | None = None) -> ModelBatch:
     """`row_tokens` caps a packed row's width (packed layouts only; None: one row for the whole batch)."""
+    batch = _collate_layout(groups, pad_id, layout, row_tokens)
+    # Every layout scores the responses group by group, in input order: one length list fits them all.
+    batch.response_lengths = torch.tensor([len(r) for g in groups for r in g.response_ids], dtype=torch.long)
+    return batch
+
+
+def _collate_layout(groups: list[EncodedGroup], pad_id: int, layout: str, row_tokens: int | None) -> ModelBatch:
     if layout == "prefix_shared":
         return _collate_units([[(g.prompt_ids, g.response_ids)] for g in groups], groups, pad_id)
     if layout == "separate":

@@ -2,6 +2,8 @@
 
 from rlhf_rm.losses import bradley_terry, combo, listwise, margin, regularized, soft_label  # noqa: F401  (register)
 from rlhf_rm.losses.inputs import LossInputs
+from rlhf_rm.losses.length import LengthPenalty
 from rlhf_rm.losses.registry import LOSSES, LossDataMismatch, build_loss, check_loss_fits_data, register_loss
 
-__all__ = ["LOSSES", "LossDataMismatch", "LossInputs", "build_loss", "check_loss_fits_data", "register_loss"]
+__all__ = ["LOSSES", "LengthPenalty", "LossDataMismatch", "LossInputs", "build_loss", "check_loss_fits_data",
+           "register_loss"]

@@ -279,6 +279,7 @@ class ScoringDeployment:
                 "max_length": self.scorer.spec.max_length,
                 "rendering": self.scorer.spec.to_dict(),
                 "certified": self.scorer.certified,
+                "length_head": metadata.get("length_head"),  # trained with ODIN's length head (score = quality head)
                 "dtype": self.dtype,
                 "refused_reload": self.refused_reload,
                 "normalization": {"default": self.settings.normalize, "reward_mean": metadata.get("reward_mean"),

@@ -16,7 +16,7 @@ import ray.train
 from ray.train import Checkpoint
 
 from rlhf_rm.model import merged_for_saving, save_checkpoint
-from rlhf_rm.model_state import adapter_state, full_state_dict
+from rlhf_rm.model_state import adapter_state, full_state_dict, length_head_state
 
 TRAIN_STATE_FILE = "train_state.pt"
 DEEPSPEED_DIR = "deepspeed"
@@ -130,7 +130,7 @@ def save_and_report(model, engine, tokenizer, rank: int, metadata: dict, train_s
             save_checkpoint(merged_for_saving(model), tokenizer, tmp, metadata, state_dict=state_dict)
             if engine is None:
                 train_state = {**train_state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                               "adapters": adapter_state(model)}
+                               "adapters": adapter_state(model), "length_head": length_head_state(model)}
             torch.save(train_state, Path(tmp) / TRAIN_STATE_FILE)
         has_files = rank == 0 or engine is not None
         ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp) if has_files else None)
