@@ -164,6 +164,8 @@ class EvaluateConfig:
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
     dtype: str = "float32"  # float32 | bfloat16 | float16; lengths, EOS and template come from the checkpoint
     tokens_per_batch: int = 8192  # padded tokens per scoring batch
+    # RewardBench prompts: auto (as the checkpoint was trained: chat template or HH-style plain text) | chat | plain
+    prompt_style: str = "auto"
     report: ReportConfig = field(default_factory=ReportConfig)
 
 

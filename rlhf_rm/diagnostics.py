@@ -104,8 +104,6 @@ def length_bias(chosen: Sequence[float], rejected: Sequence[float], chosen_lengt
     _check_same_length(chosen=chosen, rejected=rejected, chosen_lengths=chosen_lengths,
                        rejected_lengths=rejected_lengths)
     margin = chosen - rejected
-    shorter = chosen_lengths < rejected_lengths
-    longer = chosen_lengths > rejected_lengths
     pair_length = np.maximum(chosen_lengths, rejected_lengths)
     bounds = [*edges, math.inf]
     buckets = []
@@ -117,10 +115,7 @@ def length_bias(chosen: Sequence[float], rejected: Sequence[float], chosen_lengt
     return {
         "reward_length_correlation": pearson(np.concatenate([chosen, rejected]),
                                              np.concatenate([chosen_lengths, rejected_lengths])),
-        "shorter_chosen_pairs": int(shorter.sum()),
-        "shorter_chosen_accuracy": margin_accuracy(margin[shorter]),
-        "longer_chosen_pairs": int(longer.sum()),
-        "longer_chosen_accuracy": margin_accuracy(margin[longer]),
+        **length_split(margin, chosen_lengths, rejected_lengths),
         "by_length_bucket": buckets,
     }
 
@@ -139,15 +134,31 @@ def reward_stats(chosen: Sequence[float], rejected: Sequence[float]) -> dict:
     }
 
 
-def accuracy_by_source(chosen: Sequence[float], rejected: Sequence[float], sources: Sequence[str]) -> dict:
-    """Accuracy and pair count per data source (e.g. the file each pair came from), in first-seen order."""
+def accuracy_by_source(chosen: Sequence[float], rejected: Sequence[float], sources: Sequence[str],
+                       chosen_lengths: Sequence[int] | None = None, rejected_lengths: Sequence[int] | None = None
+                       ) -> dict:
+    """Accuracy and pair count per data source (e.g. the file each pair came from), in first-seen order; with
+    the response lengths, also each source's accuracy where the chosen response is shorter / longer."""
     margin = _as_array(chosen, "chosen") - _as_array(rejected, "rejected")
     if len(sources) != margin.size:
         raise ValueError(f"{len(sources)} sources for {margin.size} pairs")
     members: dict[str, list[int]] = defaultdict(list)
     for i, source in enumerate(sources):
         members[source].append(i)
-    return {source: {"pairs": len(rows), "accuracy": margin_accuracy(margin[rows])} for source, rows in members.items()}
+    rows = {source: {"pairs": len(indices), "accuracy": margin_accuracy(margin[indices])}
+            for source, indices in members.items()}
+    if chosen_lengths is not None and rejected_lengths is not None:
+        chosen_lengths, rejected_lengths = np.asarray(chosen_lengths), np.asarray(rejected_lengths)
+        for source, indices in members.items():
+            rows[source].update(length_split(margin[indices], chosen_lengths[indices], rejected_lengths[indices]))
+    return rows
+
+
+def length_split(margin: np.ndarray, chosen_lengths: np.ndarray, rejected_lengths: np.ndarray) -> dict:
+    """Accuracy on the pairs whose chosen response is strictly shorter, and strictly longer, than the rejected."""
+    shorter, longer = chosen_lengths < rejected_lengths, chosen_lengths > rejected_lengths
+    return {"shorter_chosen_pairs": int(shorter.sum()), "shorter_chosen_accuracy": margin_accuracy(margin[shorter]),
+            "longer_chosen_pairs": int(longer.sum()), "longer_chosen_accuracy": margin_accuracy(margin[longer])}
 
 
 def worst_pairs(chosen: Sequence[float], rejected: Sequence[float], k: int = 10,
@@ -181,5 +192,5 @@ def diagnose(chosen: Sequence[float], rejected: Sequence[float], chosen_lengths:
         "worst_pairs": worst_pairs(chosen, rejected, k, chosen_lengths, rejected_lengths, ids),
     }
     if sources is not None:
-        result["by_source"] = accuracy_by_source(chosen, rejected, sources)
+        result["by_source"] = accuracy_by_source(chosen, rejected, sources, chosen_lengths, rejected_lengths)
     return result

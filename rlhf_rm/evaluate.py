@@ -27,8 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 
 import rlhf_rm.config  # noqa: F401  (registers the config schemas with Hydra)
 from rlhf_rm.data import load_pairs
+from rlhf_rm.data.examples import RankedResponses
 from rlhf_rm.data.load import normalize_source
+from rlhf_rm.data.rewardbench import BENCHMARK_FORMATS, PROMPT_STYLES, detect_format
+from rlhf_rm.data.sources import ranking_to_pairs
 from rlhf_rm.diagnostics import diagnose
+from rlhf_rm.rewardbench import BenchmarkItem, rewardbench_markdown, rewardbench_report, rewardbench_summary
 
 PLOTS = {
     "reliability": "reliability.png",
@@ -54,22 +58,60 @@ class ScoredPairs:
     rejected_texts: list[str]
 
 
-def score_pairs(scorer, pairs, sources: list[str]) -> ScoredPairs:
-    encoded = []
-    for pair in pairs:
-        encoded += [scorer.encode(pair.prompt, pair.chosen), scorer.encode(pair.prompt, pair.rejected)]
-    scores = scorer.score_encoded(encoded)
+class TextScores:
+    """Every distinct (prompt, response) scored once: a RewardBench 2 row's responses appear in several of its
+    pairs, and a benchmark's best-of-N and our pair report must read the same numbers."""
+
+    def __init__(self, scorer, texts):
+        self.index: dict[str, int] = {}
+        unique = []
+        for prompt, response in texts:
+            key = _text_key(prompt, response)
+            if key not in self.index:
+                self.index[key] = len(unique)
+                unique.append((prompt, response))
+        encoded = [scorer.encode(prompt, response) for prompt, response in unique]
+        self.scores = scorer.score_encoded(encoded) if encoded else []
+        self.lengths = [len(e.response_ids[0]) for e in encoded]
+        self.truncated = [e.prompt_truncated or e.response_truncated for e in encoded]
+
+    def position(self, prompt, response) -> int:
+        return self.index[_text_key(prompt, response)]
+
+
+def _text_key(prompt, response) -> str:
+    return json.dumps([prompt, response], ensure_ascii=False)
+
+
+def score_pairs(table: TextScores, pairs, sources: list[str]) -> ScoredPairs:
+    chosen = [table.position(p.prompt, p.chosen) for p in pairs]
+    rejected = [table.position(p.prompt, p.rejected) for p in pairs]
     return ScoredPairs(
         origins=[p.origin for p in pairs],
         sources=list(sources),
-        chosen=scores[0::2], rejected=scores[1::2],
-        chosen_lengths=[len(e.response_ids[0]) for e in encoded[0::2]],
-        rejected_lengths=[len(e.response_ids[0]) for e in encoded[1::2]],
-        truncated=sum(e.prompt_truncated or e.response_truncated for e in encoded),
+        chosen=[table.scores[i] for i in chosen], rejected=[table.scores[i] for i in rejected],
+        chosen_lengths=[table.lengths[i] for i in chosen],
+        rejected_lengths=[table.lengths[i] for i in rejected],
+        truncated=sum(table.truncated[i] for i in chosen + rejected),
         prompts=[_plain(p.prompt) for p in pairs],
         chosen_texts=[_plain(p.chosen) for p in pairs],
         rejected_texts=[_plain(p.rejected) for p in pairs],
     )
+
+
+def benchmark_items(table: TextScores, examples) -> list[BenchmarkItem]:
+    """RewardBench rows (v1 pairs, v2 rankings with chosen at rank 0) with their responses' scores."""
+    items = []
+    for example in examples:
+        if isinstance(example, RankedResponses):
+            scores = [table.scores[table.position(example.prompt, r)] for r in example.responses]
+            chosen = [s for s, rank in zip(scores, example.ranks) if rank == 0]
+            rejected = [s for s, rank in zip(scores, example.ranks) if rank != 0]
+        else:
+            chosen = [table.scores[table.position(example.prompt, example.chosen)]]
+            rejected = [table.scores[table.position(example.prompt, example.rejected)]]
+        items.append(BenchmarkItem(example.subset, example.item_id, chosen, rejected))
+    return items
 
 
 def _plain(text) -> str:
@@ -235,10 +277,13 @@ def render_markdown(report: dict) -> str:
         "",
         "## Accuracy per data source",
         "",
-        "| source | pairs | accuracy |",
-        "|---|---|---|",
-        *[f"| `{source}` | {row['pairs']} | {_fmt(row['accuracy'])} |" for source, row in report["by_source"].items()],
+        "| source | pairs | accuracy | chosen shorter (pairs) | chosen longer (pairs) |",
+        "|---|---|---|---|---|",
+        *[f"| `{source}` | {row['pairs']} | {_fmt(row['accuracy'])} | {_fmt(row['shorter_chosen_accuracy'])} "
+          f"({row['shorter_chosen_pairs']}) | {_fmt(row['longer_chosen_accuracy'])} ({row['longer_chosen_pairs']}) |"
+          for source, row in report["by_source"].items()],
         "",
+        *(rewardbench_markdown(report["rewardbench"]) if report.get("rewardbench") else []),
         "## Calibration",
         "",
         "P(a preferred over b) = σ(r_a − r_b), each pair counted in both orders; ECE is the count-weighted "
@@ -281,65 +326,150 @@ def render_markdown(report: dict) -> str:
 
 # -- entry point -----------------------------------------------------------------------------------
 
-def dev_sources(entries) -> list[tuple[str, dict]]:
+def dev_sources(entries, prompt_style: str = "chat") -> list[tuple[str, dict]]:
     """data.dev → (label, source spec): a path, or a mapping as in conf/data/mix.yaml. The label is the
-    mapping's `name` when given, else the file path. Rankings are scored as all their ranked pairs."""
+    mapping's `name` when given, else the file path. Rankings are scored as all their ranked pairs.
+    A source without a format whose first row has RewardBench's keys is read as RewardBench (v1 or v2);
+    RewardBench sources keep their rows whole (best-of-N) and write prompts in `prompt_style` unless
+    the source sets its own."""
     if isinstance(entries, (str, DictConfig)):
         entries = [entries]
     sources = []
     for entry in entries:
         entry = OmegaConf.to_container(entry, resolve=True) if isinstance(entry, DictConfig) else entry
+        given = entry if isinstance(entry, dict) else {}
         spec = normalize_source(entry)
         spec["path"] = os.path.normpath(to_absolute_path(spec["path"]))
-        spec["as_pairs"] = spec["as_pairs"] or "all"
+        if "format" not in given:
+            spec["format"] = _sniff_format(spec["path"]) or spec["format"]
+        if spec["format"] in BENCHMARK_FORMATS:
+            spec["prompt_style"] = given.get("prompt_style", prompt_style)
+            spec["as_pairs"] = None
+        else:
+            spec["as_pairs"] = spec["as_pairs"] or "all"
         label = entry["name"] if isinstance(entry, dict) and "name" in entry else spec["path"]
         sources.append((label, spec))
     return sources
 
 
-def load_dev_pairs(cfg: DictConfig, report_dir: Path) -> tuple[list, list[str], dict]:
-    """Pairs with their source labels, ties (P = 0.5: no preferred side) left out and counted."""
-    pairs, labels, summary = [], [], {"rows_read": 0, "used": 0, "quarantined": 0, "ties_skipped": 0, "sources": {}}
-    for label, spec in dev_sources(cfg.data.dev):
+def _sniff_format(path: str) -> str | None:
+    try:
+        return detect_format(path)
+    except (ValueError, OSError):
+        return None  # the loader reports a missing or unreadable file, with its path
+
+
+@dataclass
+class DevData:
+    """What evaluate scores: pairs (every source, each pair labelled by its source) and the RewardBench rows."""
+
+    pairs: list
+    labels: list[str]
+    summary: dict
+    benchmarks: dict  # source label -> {"format", "prompt_style", "examples"}
+
+
+def load_dev_pairs(cfg: DictConfig, report_dir: Path, prompt_style: str = "chat", separator: str | None = None
+                   ) -> DevData:
+    """Pairs with their source labels, ties (P = 0.5: no preferred side) left out and counted. A RewardBench 2
+    row also gives its chosen × rejected pairs to the pair report. `separator`: the assistant turn of
+    plain-text RewardBench prompts (the checkpoint's data.prompt_separator)."""
+    data = DevData([], [], {"rows_read": 0, "used": 0, "quarantined": 0, "ties_skipped": 0, "sources": {}}, {})
+    for label, spec in dev_sources(cfg.data.dev, prompt_style):
+        if spec["format"] in BENCHMARK_FORMATS:
+            spec.setdefault("prompt_separator", separator or cfg.data.prompt_separator)
+        quarantine = report_dir / f"quarantine_{len(data.summary['sources'])}.jsonl"
         loaded, data_report = load_pairs([spec], on_error=cfg.data.on_error, limit=cfg.data.dev_limit,
-                                         quarantine_path=report_dir / f"quarantine_{len(summary['sources'])}.jsonl",
-                                         prompt_separator=cfg.data.prompt_separator)
+                                         quarantine_path=quarantine, prompt_separator=cfg.data.prompt_separator)
+        if spec["format"] in BENCHMARK_FORMATS:
+            data.benchmarks[label] = {"format": spec["format"], "prompt_style": spec["prompt_style"],
+                                      "examples": loaded}
+            loaded = [pair for example in loaded for pair in (
+                ranking_to_pairs(example, "all") if isinstance(example, RankedResponses) else [example])]
         kept = [p for p in loaded if getattr(p, "probability", 1.0) != 0.5]
-        pairs += kept
-        labels += [label] * len(kept)
+        data.pairs += kept
+        data.labels += [label] * len(kept)
         counts = data_report.as_dict()
         for key in ("rows_read", "used", "quarantined"):
-            summary[key] += counts[key]
-        summary["ties_skipped"] += len(loaded) - len(kept)
-        summary["sources"][label] = counts
-    return pairs, labels, summary
+            data.summary[key] += counts[key]
+        data.summary["ties_skipped"] += len(loaded) - len(kept)
+        data.summary["sources"][label] = counts
+    return data
+
+
+def checkpoint_prompt_style(metadata: dict, requested: str) -> tuple[str, str]:
+    """(chat | plain, why): how RewardBench prompts are written for this checkpoint. `auto` takes the rendering
+    most of its training examples had (rlhf_rm.json's data summary counts chat examples); checkpoints from
+    before that count guess from the training sources' formats (the OASST/QA-Feedback/CoNaLa readers give
+    chat, plain preference files are HH-RLHF-style text)."""
+    if requested not in ("auto", *PROMPT_STYLES):
+        raise ValueError(f"prompt_style={requested!r}: choose one of {['auto', *PROMPT_STYLES]}")
+    if requested != "auto":
+        return requested, "prompt_style set"
+    train = (metadata.get("data_summary") or {}).get("train") or {}
+    if "chat_examples" in train:
+        chat, total = train["chat_examples"], train.get("examples", 0)
+        style = "chat" if total and chat * 2 >= total else "plain"
+        return style, f"{chat} of {total} training examples were chat messages"
+    sources = ((metadata.get("config") or {}).get("data") or {}).get("train")
+    sources = sources if isinstance(sources, list) else [sources] if sources else []
+    formats = {normalize_source(s)["format"] for s in sources}
+    if formats - {"preference"}:
+        return "chat", f"trained on {sorted(formats)} (no chat count in rlhf_rm.json)"
+    return "plain", ("trained on preference files (no chat count in rlhf_rm.json); "
+                     "set prompt_style=chat if they were chat")
 
 
 def evaluate(cfg: DictConfig, report_dir: Path) -> dict:
     import torch
 
+    from rlhf_rm.model import read_metadata
     from rlhf_rm.scoring import RewardScorer
 
     started = time.perf_counter()
     checkpoint = os.path.normpath(to_absolute_path(cfg.checkpoint))
     report_dir.mkdir(parents=True, exist_ok=True)
-    pairs, labels, data_summary = load_dev_pairs(cfg, report_dir)
-    if not pairs:
+    metadata = read_metadata(checkpoint)
+    style, why = checkpoint_prompt_style(metadata, cfg.prompt_style)
+    separator = ((metadata.get("config") or {}).get("data") or {}).get("prompt_separator")
+    data = load_dev_pairs(cfg, report_dir, style, separator)
+    if not data.pairs:
         raise ValueError(f"no usable pairs in data.dev={cfg.data.dev}")
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     # The checkpoint's rendering decides lengths and EOS; loading re-scores its parity canaries.
     scorer = RewardScorer(checkpoint, tokens_per_batch=cfg.tokens_per_batch, device=device, dtype=cfg.dtype)
-    scored = score_pairs(scorer, pairs, labels)
-    report = build_report(scored, checkpoint, list(data_summary["sources"]), data_summary, bins=cfg.report.bins,
+    table = TextScores(scorer, [(p.prompt, r) for p in data.pairs for r in (p.chosen, p.rejected)])
+    scored = score_pairs(table, data.pairs, data.labels)
+    report = build_report(scored, checkpoint, list(data.summary["sources"]), data.summary, bins=cfg.report.bins,
                           worst_k=cfg.report.worst_k, length_edges=list(cfg.report.length_edges))
+    if data.benchmarks:
+        report["rewardbench"] = {
+            label: {"format": bench["format"], "prompt_style": bench["prompt_style"], "prompt_style_reason": why,
+                    **rewardbench_report(benchmark_items(table, bench["examples"]),
+                                         version=2 if bench["format"] == "rewardbench2" else 1)}
+            for label, bench in data.benchmarks.items()}
     report["seconds"] = time.perf_counter() - started
     markdown = write_report(report, scored, report_dir)
-    rewards, length = report["rewards"], report["length"]
-    print(f"accuracy {_fmt(rewards['accuracy'])} on {rewards['pairs']} pairs; ECE {_fmt(report['calibration']['ece'])}; "
-          f"reward-length r {_fmt(length['reward_length_correlation'])}; shorter-chosen accuracy "
-          f"{_fmt(length['shorter_chosen_accuracy'])} ({length['shorter_chosen_pairs']} pairs)", flush=True)
+    print(summary_text(report), flush=True)
     print(f"report: {markdown}", flush=True)
     return report
+
+
+def summary_text(report: dict) -> str:
+    """The printed summary: headline numbers, the chosen shorter / longer split, per source, RewardBench."""
+    rewards, length = report["rewards"], report["length"]
+    lines = [f"accuracy {_fmt(rewards['accuracy'])} on {rewards['pairs']} pairs; "
+             f"ECE {_fmt(report['calibration']['ece'])}; reward-length r {_fmt(length['reward_length_correlation'])}; {_length_split(length)}"]
+    if len(report["by_source"]) > 1:
+        lines += [f"  {source}: accuracy {_fmt(row['accuracy'])} on {row['pairs']} pairs; {_length_split(row)}"
+                  for source, row in report["by_source"].items()]
+    lines += [rewardbench_summary(label, bench) for label, bench in report.get("rewardbench", {}).items()]
+    return "\n".join(lines)
+
+
+def _length_split(row: dict) -> str:
+    return (f"chosen shorter {_fmt(row['shorter_chosen_accuracy'])} ({row['shorter_chosen_pairs']} pairs), "
+            f"chosen longer {_fmt(row['longer_chosen_accuracy'])} ({row['longer_chosen_pairs']} pairs)")
 
 
 @hydra.main(config_path="pkg://rlhf_rm.conf", config_name="evaluate", version_base=None)

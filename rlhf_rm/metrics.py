@@ -133,3 +133,25 @@ HEADLINE_KEYS = ("accuracy", "mean_margin", "tie_aware_accuracy", "ranking_top1_
 def headline(metrics: dict, prefix: str = "") -> str:
     """One line with the main metric of each data shape present."""
     return ", ".join(f"{key} {metrics[prefix + key]:.3f}" for key in HEADLINE_KEYS if prefix + key in metrics)
+
+
+def source_lines(metrics: dict, prefix: str = "") -> list[str]:
+    """Printed lines for the end of training: the chosen shorter / longer split of the pair accuracy, overall
+    and per dev source (record_diagnostics' keys), e.g. "  hh_rlhf: accuracy 0.600; chosen shorter 0.700 (10
+    pairs), chosen longer 0.400 (10 pairs)"."""
+    def split(suffix: str) -> str:
+        return ", ".join(f"chosen {side} {_fmt(metrics.get(f'{prefix}accuracy_chosen_{side}{suffix}'))} "
+                         f"({metrics.get(f'{prefix}pairs_chosen_{side}{suffix}', 0)} pairs)"
+                         for side in ("shorter", "longer"))
+
+    if f"{prefix}pairs_chosen_shorter" not in metrics:
+        return []
+    lines = [f"  all sources: {split('')}"]
+    sources = [key[len(f"{prefix}accuracy/"):] for key in metrics if key.startswith(f"{prefix}accuracy/")]
+    lines += [f"  {source}: accuracy {_fmt(metrics[f'{prefix}accuracy/{source}'])}; {split('/' + source)}"
+              for source in sources]
+    return lines
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

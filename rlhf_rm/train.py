@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from rlhf_rm.backbone import resolve_backbone
 from rlhf_rm.config import RayConfig, TrainConfig, as_dict, settings_from, upgrade_overrides
 from rlhf_rm.losses import build_loss, check_loss_fits_data
-from rlhf_rm.metrics import headline
+from rlhf_rm.metrics import headline, source_lines
 from rlhf_rm.model import load_tokenizer
 from rlhf_rm.prepare import PreparedSplit, build_encoder, format_data_summary, prepare_splits
 from rlhf_rm.rendering import RenderingSpec
@@ -126,6 +126,8 @@ def write_results(result, run_dir: Path, train: PreparedSplit, dev: PreparedSpli
     write_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=str))
     print(f"dev: {headline(metrics, prefix='dev_')} on {dev.count} examples; "
           f"{metrics['train_pairs_per_s']:.2f} examples/s; wall {metrics['wall_seconds']:.0f}s", flush=True)
+    for line in source_lines(metrics, prefix="dev_"):
+        print(line, flush=True)
     print(f"checkpoint: {checkpoint_dir}\nmetrics:    {run_dir / 'metrics.json'}", flush=True)
     return metrics
 

@@ -387,3 +387,30 @@ def test_unknown_chat_role_is_an_error_naming_file_line_and_role(tmp_path):
     path.write_text(json.dumps(ranking) + "\n")
     with pytest.raises(DataError, match=rf"{path}:1: .*unknown chat role 'bot'"):
         load_pairs(path)
+
+
+def test_oasst_dev_split_holds_out_whole_trees():
+    """Rankings of one message tree have different prompts (each conversation prefix), so a prompt hash put
+    parts of a tree on both sides; the split keys on the tree id, so every tree is all train or all dev."""
+    from conftest import require_shared_data
+
+    path = require_shared_data("oasst-ranked") / "en_100_tree.jsonl"
+    trees = {}
+    for split in ("train", "dev"):
+        spec = {"path": str(path), "format": "oasst_trees", "split": split, "dev_fraction": 0.2, "name": "oasst"}
+        items, report = load_examples([spec])
+        assert_identity(report)
+        trees[split] = {example.origin.split(" message ")[0] for _, example in items}  # "path:line" = one tree
+    assert trees["train"] and trees["dev"]
+    assert not trees["train"] & trees["dev"], sorted(trees["train"] & trees["dev"])
+    rankings = load_examples([{"path": str(path), "format": "oasst_trees", "name": "oasst"}])[0]
+    assert len(trees["train"] | trees["dev"]) == len({e.origin.split(" message ")[0] for _, e in rankings})
+
+
+def test_oasst_tree_without_an_id_names_its_line(tmp_path):
+    tree = {"prompt": {"text": "Hi", "role": "prompter", "replies": [
+        {"text": "Hello", "role": "assistant", "rank": 0}, {"text": "Hey", "role": "assistant", "rank": 1}]}}
+    path = tmp_path / "trees.jsonl"
+    path.write_text(json.dumps(tree) + "\n")
+    with pytest.raises(DataError, match=r"trees.jsonl:1: message tree without an id"):
+        load_examples([{"path": str(path), "format": "oasst_trees", "split": "train"}])

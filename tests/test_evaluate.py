@@ -71,10 +71,35 @@ def test_worst_pairs_and_reward_stats():
                       sources=["a", "a", "b", "b"], ids=["a:1", "a:2", "b:1", "b:2"], k=2)
     assert [row["id"] for row in result["worst_pairs"]] == ["a:2", "b:1"]
     assert result["worst_pairs"][0]["margin"] == pytest.approx(-3.0)
-    assert result["by_source"] == {"a": {"pairs": 2, "accuracy": 0.5}, "b": {"pairs": 2, "accuracy": 0.5}}
+    assert {k: (v["pairs"], v["accuracy"]) for k, v in result["by_source"].items()} == {"a": (2, 0.5), "b": (2, 0.5)}
     assert result["rewards"]["chosen_mean"] == pytest.approx(0.625)
     assert result["rewards"]["rejected_std"] == pytest.approx(float(np.std([0.0, 1.0, 2.5, 2.0])))
     assert worst_pairs([1.0], [0.0], k=5)[0]["index"] == 0
+
+
+def test_chosen_shorter_and_longer_split_per_source():
+    """Source a: (chosen, rejected) lengths (5, 9) margin +1, (8, 3) margin −1, (4, 4) margin +1 → chosen shorter
+    1 pair right, chosen longer 1 pair wrong, the equal-length pair in neither. Source b: (2, 6) margin −1."""
+    result = diagnose([1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0], [5, 8, 4, 2], [9, 3, 4, 6],
+                      sources=["a", "a", "a", "b"])
+    assert result["by_source"]["a"] == {"pairs": 3, "accuracy": pytest.approx(2 / 3), "shorter_chosen_pairs": 1,
+                                        "shorter_chosen_accuracy": 1.0, "longer_chosen_pairs": 1,
+                                        "longer_chosen_accuracy": 0.0}
+    assert result["by_source"]["b"]["shorter_chosen_accuracy"] == 0.0
+    assert result["by_source"]["b"]["longer_chosen_accuracy"] is None
+    assert result["length"]["shorter_chosen_pairs"] == 2 and result["length"]["shorter_chosen_accuracy"] == 0.5
+
+    from rlhf_rm.metrics import source_lines
+    from rlhf_rm.training.dev_report import length_metrics
+
+    metrics = length_metrics(result)  # what the trainer adds to its dev metrics (and metrics.json)
+    assert metrics["accuracy_chosen_longer"] == 0.0 and metrics["pairs_chosen_shorter"] == 2
+    assert metrics["accuracy_chosen_shorter/a"] == 1.0 and metrics["pairs_chosen_longer/b"] == 0
+    lines = source_lines({f"dev_{k}": v for k, v in {**metrics, "accuracy/a": 2 / 3, "accuracy/b": 0.0}.items()},
+                         prefix="dev_")
+    assert lines == ["  all sources: chosen shorter 0.500 (2 pairs), chosen longer 0.000 (1 pairs)",
+                     "  a: accuracy 0.667; chosen shorter 1.000 (1 pairs), chosen longer 0.000 (1 pairs)",
+                     "  b: accuracy 0.000; chosen shorter 0.000 (1 pairs), chosen longer n/a (0 pairs)"]
 
 
 def test_constant_input_has_undefined_correlation():
@@ -90,13 +115,16 @@ def tiny_checkpoint(tmp_path_factory, tiny_model, tiny_tokenizer) -> str:
 
 
 def test_report_folder_from_tiny_checkpoint(tmp_path, tiny_checkpoint):
-    """The CLI writes the markdown, JSON and PNGs; two files give two data sources."""
+    """The CLI writes the markdown, JSON and PNGs; four files give four data sources, two of them RewardBench
+    files (v1 detected by its keys, v2 named with chat prompts) that also get the `rewardbench` block."""
     second = tmp_path / "second.jsonl"
     second.write_text("".join((FIXTURES / "hh_dev_small.jsonl").read_text().splitlines(True)[:5]))
     report_dir = tmp_path / "report"
-    subprocess.run([sys.executable, "-m", "rlhf_rm.evaluate", tiny_checkpoint,
-                    f"data.dev=[{FIXTURES / 'hh_dev_small.jsonl'},{second}]", "report.worst_k=3",
-                    f"hydra.run.dir={report_dir}"], cwd=REPO, check=True, capture_output=True, text=True)
+    rb1, rb2 = FIXTURES / "rewardbench_v1.jsonl", FIXTURES / "rewardbench_v2.jsonl"
+    out = subprocess.run([sys.executable, "-m", "rlhf_rm.evaluate", tiny_checkpoint,
+                          f"data.dev=[{FIXTURES / 'hh_dev_small.jsonl'},{second},{rb1},"
+                          f"{{path:{rb2},format:rewardbench2,prompt_style:chat,name:rb2}}]", "report.worst_k=3",
+                          f"hydra.run.dir={report_dir}"], cwd=REPO, check=True, capture_output=True, text=True)
 
     for name in ("reliability.png", "reward_histograms.png", "accuracy_by_length.png", "reward_vs_length.png"):
         data = (report_dir / name).read_bytes()
@@ -104,9 +132,15 @@ def test_report_folder_from_tiny_checkpoint(tmp_path, tiny_checkpoint):
         assert f"]({name})" in (report_dir / "report.md").read_text()
 
     report = json.loads((report_dir / "report.json").read_text())
-    assert report["rewards"]["pairs"] == 16 + 5
+    assert report["rewards"]["pairs"] == 16 + 5 + 6 + 17  # RewardBench 2: every chosen × rejected pair
     assert {k: v["pairs"] for k, v in report["by_source"].items()} == {
-        str(FIXTURES / "hh_dev_small.jsonl"): 16, str(second): 5}
+        str(FIXTURES / "hh_dev_small.jsonl"): 16, str(second): 5, str(rb1): 6, "rb2": 17}
+    for row in [report["length"], *report["by_source"].values()]:  # the chosen shorter / longer split everywhere
+        assert row["shorter_chosen_pairs"] + row["longer_chosen_pairs"] <= row.get("pairs", report["rewards"]["pairs"])
+        assert "longer_chosen_accuracy" in row and "shorter_chosen_accuracy" in row
+    assert "chosen shorter" in out.stdout and "chosen longer" in out.stdout and "rb2: accuracy" in out.stdout
+    check_rewardbench_block(report["rewardbench"], tiny_checkpoint, rb1, rb2)
+    assert "rewardbench v1" in out.stdout and "rewardbench v2 [rb2] (chat prompts)" in out.stdout
     assert 0.0 <= report["calibration"]["ece"] <= 1.0
     assert len(report["worst_pairs"]) == 3
     assert report["worst_pairs"][0]["margin"] <= report["worst_pairs"][-1]["margin"]
@@ -121,6 +155,31 @@ def test_report_folder_from_tiny_checkpoint(tmp_path, tiny_checkpoint):
     assert scores[0]["chosen"] == pytest.approx(direct, abs=1e-5)
     markdown = (report_dir / "report.md").read_text()
     assert f"| accuracy | {report['rewards']['accuracy']:.3f} |" in markdown
+
+
+def check_rewardbench_block(block: dict, checkpoint: str, rb1: Path, rb2: Path) -> None:
+    """The block's figures are the scorer's: re-score every response directly and apply the rules. The
+    checkpoint records no training data, so v1 prompts are HH-style plain text (`auto`), v2 ones chat."""
+    from rlhf_rm.data import load_pairs
+    from rlhf_rm.rewardbench import best_of_n
+    from rlhf_rm.scoring import RewardScorer
+
+    scorer = RewardScorer(checkpoint)
+    pairs, _ = load_pairs([{"path": str(rb1), "format": "rewardbench", "prompt_style": "plain"}])
+    right = [s.score > r.score for s, r in zip(scorer.score([p.prompt for p in pairs], [p.chosen for p in pairs]),
+                                               scorer.score([p.prompt for p in pairs], [p.rejected for p in pairs]))]
+    v1 = block[str(rb1)]
+    assert v1["prompt_style"] == "plain" and v1["rows"] == 6
+    assert v1["subsets"]["alpacaeval-easy"]["score"] == (right[0] + right[1]) / 2
+    assert v1["subsets"]["hep-python"]["score"] == right[5]
+    assert set(v1["sections"]) == {"Chat", "Chat Hard", "Safety", "Reasoning"}
+    rows, _ = load_pairs([{"path": str(rb2), "format": "rewardbench2"}])
+    scores = [[s.score for s in scorer.score([r.prompt] * len(r.responses), r.responses)] for r in rows]
+    v2 = block["rb2"]
+    assert v2["prompt_style"] == "chat" and list(v2["subsets"]) == ["Factuality", "Precise IF", "Focus", "Ties"]
+    assert v2["subsets"]["Focus"]["score"] == pytest.approx(best_of_n(scores[2][:1], scores[2][1:]))
+    assert v2["subsets"]["Ties"]["ref_accuracy"] == float(scores[3][0] > max(scores[3][1:]))
+    assert v2["subsets"]["Ties"]["tied_accuracy"] == float(min(scores[4][:3]) > max(scores[4][3:]))
 
 
 @pytest.mark.parametrize("data", sorted(p.stem for p in (conf_dir() / "data").glob("*.yaml")))

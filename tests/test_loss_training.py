@@ -87,19 +87,19 @@ def test_regularized_drives_pair_sums_toward_zero(tiny_backbone, tiny_tokenizer)
     assert regularized < 0.25 * plain, (plain, regularized)
 
 
-def test_ray_train_on_pairs_and_rankings_with_combo(tmp_path, tiny_backbone):
+def test_general_experiment_trains_on_pairs_rankings_and_ties(tmp_path, tiny_backbone):
+    """`experiment=general` (HH pairs + OASST rankings + QA-Feedback soft labels and ties, loss=combo of
+    soft_label and plackett_luce) on a tiny model and 8 rows per source: it learns, and every dev source has
+    its own accuracy row and chosen shorter / longer split."""
     require_shared_data("oasst-ranked")
+    require_shared_data("qa-feedback")
     import json
 
     from rlhf_rm.train import run
     from test_config import compose
 
-    oasst = SHARED_DATA / "oasst-ranked" / "en_100_tree.jsonl"
-    cfg = compose([f"model.path={tiny_backbone}", "data=mix", "loss=combo", "trainer.num_workers=2",
-                   f"data.train=[{FIXTURES / 'hh_train_small.jsonl'},"
-                   f"{{path:{oasst},format:oasst_trees,split:train,name:oasst}}]",
-                   f"data.dev=[{FIXTURES / 'hh_dev_small.jsonl'},{{path:{oasst},format:oasst_trees,split:dev,name:oasst}}]",
-                   "data.limit=12", "data.max_length=128", "trainer.epochs=4", "trainer.lr=2e-3",
+    cfg = compose([f"model.path={tiny_backbone}", "experiment=general", "data.limit=8", "data.dev_limit=12",
+                   "data.max_length=128", "trainer.epochs=4", "trainer.lr=2e-3",
                    "batching.tokens_per_worker=800", "trainer.log_every=1", "logger=none",
                    f"trainer.storage_path={tmp_path / 'ray'}", "ray.num_cpus=2"])
     import ray
@@ -108,7 +108,11 @@ def test_ray_train_on_pairs_and_rankings_with_combo(tmp_path, tiny_backbone):
         metrics = run(cfg, tmp_path / "run")
     finally:
         ray.shutdown()  # run() started a local Ray; later modules start their own
-    assert {"dev_accuracy", "dev_ranking_top1_accuracy", "dev_ranking_kendall_tau"} <= set(metrics)
+    train = metrics["data"]["train"]["sources"]
+    assert train["qa_feedback"]["ties"] > 0 and train["oasst"]["examples"] > 0  # ties and rankings are trained on
+    for source in ("hh_rlhf", "oasst", "qa_feedback"):
+        assert f"dev_accuracy/{source}" in metrics and f"dev_pairs_chosen_shorter/{source}" in metrics, source
+    assert {"dev_accuracy", "dev_tie_aware_accuracy"} <= set(metrics)
     log = json.loads((tmp_path / "run" / "checkpoint" / "rlhf_rm.json").read_text())["metrics_log"]
     losses = [e["train/loss"] for e in log if "train/loss" in e]
     quarter = max(len(losses) // 4, 1)

@@ -64,6 +64,17 @@ def test_two_worker_ddp_run_learns_and_checkpoint_reloads(tmp_path, tiny_backbon
     assert float((chosen > rejected).double().mean()) == pytest.approx(metrics["dev_accuracy"])
     assert float(chosen.mean()) == pytest.approx(metrics["dev_chosen_mean"], abs=1e-4)
 
+    # The chosen shorter / longer split (issue 16) is in metrics.json and equals that of the re-scoring
+    # (response lengths in tokens, as the pair is encoded for training).
+    groups = [scorer.encoder.encode_pair(p) for p in pairs]
+    chosen_len = torch.tensor([len(g.response_ids[0]) for g in groups])
+    rejected_len = torch.tensor([len(g.response_ids[1]) for g in groups])
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for side, members in (("shorter", chosen_len < rejected_len), ("longer", chosen_len > rejected_len)):
+        assert saved[f"dev_pairs_chosen_{side}"] == int(members.sum()) > 0
+        right = (chosen > rejected)[members].double().mean()
+        assert saved[f"dev_accuracy_chosen_{side}"] == pytest.approx(float(right))
+
     # Plain HF loading, no rlhf_rm code and no manual EOS: the same scores.
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     plain = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
@@ -116,6 +127,17 @@ def test_deepspeed_zero_on_cpu(tmp_path, tiny_backbone, ray_cluster, stage):
 
     chosen, rejected = scores([p.chosen for p in pairs]), scores([p.rejected for p in pairs])
     assert float(chosen.mean()) == pytest.approx(metrics["dev_chosen_mean"], abs=1e-4)
+
+    # The chosen shorter / longer split (issue 16) is in metrics.json and equals that of the re-scoring
+    # (response lengths in tokens, as the pair is encoded for training).
+    groups = [scorer.encoder.encode_pair(p) for p in pairs]
+    chosen_len = torch.tensor([len(g.response_ids[0]) for g in groups])
+    rejected_len = torch.tensor([len(g.response_ids[1]) for g in groups])
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for side, members in (("shorter", chosen_len < rejected_len), ("longer", chosen_len > rejected_len)):
+        assert saved[f"dev_pairs_chosen_{side}"] == int(members.sum()) > 0
+        right = (chosen > rejected)[members].double().mean()
+        assert saved[f"dev_accuracy_chosen_{side}"] == pytest.approx(float(right))
     assert float(rejected.mean()) == pytest.approx(metrics["dev_rejected_mean"], abs=1e-4)
     assert float((chosen > rejected).double().mean()) == pytest.approx(metrics["dev_accuracy"])
 
@@ -233,5 +255,7 @@ def test_rerun_after_the_driver_dies_resumes_a_lora_ensemble_run(tmp_path, tiny_
     printed = sorted(int(k) for k, _ in re.findall(r"step (\d+)/(\d+) \|", output))
     assert printed == list(range(resumed_at + 1, meta["steps"] + 1)), output[-3000:]  # each once
     assert "\r" not in output and "pair/s]" not in output  # no tqdm bar, from the workers or anywhere else
+    assert re.search(r"all sources: chosen shorter [0-9.]+ \(\d+ pairs\), chosen longer [0-9.]+ \(\d+ pairs\)",
+                     output), output[-3000:]  # the end-of-training summary splits accuracy by length (issue 16)
     position = json.loads(progress.read_text())
     assert position["step"] == position["total_steps"] == meta["steps"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 # A text is either a plain string or a list of chat messages ({"role", "content"}).
@@ -24,6 +24,9 @@ class PreferencePair:
     origin: str  # "file:line" of the row it came from, for error messages and reports
     probability: float = 1.0
     margin: float | None = None
+    split_key: str | None = None  # what the train/dev hash split keys on (None: the prompt); see sources.in_split
+    subset: str | None = None  # benchmark rows (RewardBench): the subset the row belongs to
+    item_id: str | None = None  # benchmark rows: the row's own id (RewardBench 2's Ties pairs "ref:N" with "tied:N")
 
     def oriented(self) -> "PreferencePair":
         """The same judgement with the preferred response first: P(first ≻ second) < 0.5 means the second
@@ -31,8 +34,7 @@ class PreferencePair:
         so losses, metrics, `evaluate` and `score` read `probability` one way only (0.5 stays a tie)."""
         if self.probability >= 0.5:
             return self
-        return PreferencePair(prompt=self.prompt, chosen=self.rejected, rejected=self.chosen, origin=self.origin,
-                              probability=1.0 - self.probability, margin=self.margin)
+        return replace(self, chosen=self.rejected, rejected=self.chosen, probability=1.0 - self.probability)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class RankedResponses:
     ranks: list
     origin: str
     scores: list | None = None  # human scores behind the ranks (e.g. mean grades), when known
+    split_key: str | None = None  # what the train/dev hash split keys on (None: the prompt), e.g. an OASST tree id
+    subset: str | None = None  # benchmark rows (RewardBench 2): the subset the row belongs to
+    item_id: str | None = None  # benchmark rows: the row's own id
 
 
 Example = Union[PreferencePair, RankedResponses]

@@ -14,6 +14,7 @@ from typing import Iterable
 from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses
 from rlhf_rm.data.formats import RowError
 from rlhf_rm.data.readers import DEFAULT_MAX_ROW_BYTES
+from rlhf_rm.data.rewardbench import BENCHMARK_FORMATS
 from rlhf_rm.data.sources import SourceItem, in_split, iter_source, ranking_to_pairs
 
 
@@ -44,6 +45,7 @@ class DataReport:
     dev_overlap: int = 0  # examples whose prompt + responses also appear in dev (reported; dropped only if asked)
     dropped_dev_overlap: int = 0  # rows removed because of that overlap (data.drop_dev_overlap=true)
     ties: int = 0  # pairs labelled as equally good (probability 0.5)
+    chat_examples: int = 0  # examples in chat messages (rendered by the chat template); the rest are plain text
     quarantined: Counter = field(default_factory=Counter)  # reason kind -> rows
     quarantine_file: str | None = None
 
@@ -57,6 +59,7 @@ class DataReport:
                 "other_split": self.other_split, "without_comparison": self.without_comparison,
                 "deduplicated": self.deduplicated, "duplicate_examples": self.duplicate_examples,
                 "dev_overlap": self.dev_overlap, "dropped_dev_overlap": self.dropped_dev_overlap, "ties": self.ties,
+                "chat_examples": self.chat_examples,
                 "quarantined": sum(self.quarantined.values()),
                 "quarantined_by_reason": dict(self.quarantined), "quarantine_file": self.quarantine_file}
 
@@ -74,14 +77,18 @@ class DataReport:
 
 
 def normalize_source(source) -> dict:
-    """A source is a path string or a mapping {path, format, weight, split, dev_fraction, as_pairs, ...}."""
+    """A source is a path string or a mapping {path, format, weight, split, dev_fraction, as_pairs, ...}
+    (RewardBench formats also take prompt_style: chat | plain)."""
     spec = {"path": str(source)} if isinstance(source, (str, Path)) else dict(source)
     spec.setdefault("format", "preference")
     spec.setdefault("weight", 1.0)
     spec.setdefault("split", None)
     spec.setdefault("dev_fraction", 0.2)
     spec.setdefault("as_pairs", None)
+    spec.setdefault("limit", None)  # the first N input rows of this source (data.limit / dev_limit, if smaller, win)
     spec.setdefault("name", Path(spec["path"]).parent.name or Path(spec["path"]).stem)
+    if spec["format"] in BENCHMARK_FORMATS:
+        spec.setdefault("prompt_style", "chat")  # chat | plain: how the user turn is written (data/rewardbench.py)
     return spec
 
 
@@ -91,7 +98,15 @@ def example_key(example: Example) -> str:
         body = ["ranking", example.prompt, example.responses, example.ranks, example.scores]
     else:
         body = ["pair", example.prompt, [example.chosen, example.rejected], example.probability, example.margin]
+    if example.subset is not None:  # a benchmark row repeated in two subsets counts in both
+        body += [example.subset, example.item_id]
     return _digest(body)
+
+
+def is_chat(example: Example) -> bool:
+    """Chat messages (the template renders them) rather than plain text."""
+    response = example.chosen if isinstance(example, PreferencePair) else example.responses[0]
+    return isinstance(example.prompt, list) or isinstance(response, list)
 
 
 def content_key(example: Example) -> str:
@@ -119,7 +134,8 @@ def load_examples(
     dev_keys: set | frozenset | None = None,
     drop_dev_overlap: bool = False,
 ) -> tuple[list[tuple[str, Example]], DataReport]:
-    """Read every source into (source name, example) items; `limit` keeps the first N rows of each source.
+    """Read every source into (source name, example) items; `limit` keeps the first N rows of each source
+    (a source's own `limit` caps it further: the smaller of the two applies).
 
     dedupe: keep only the first of identical examples (example_key); `seen` shares the keys across calls,
     so one split made of several sources is deduplicated as a whole.
@@ -139,15 +155,17 @@ def load_examples(
             spec = normalize_source(source)
             spec.setdefault("prompt_separator", prompt_separator)
             spec.setdefault("max_row_bytes", max_row_bytes)
+            caps = [n for n in (limit, spec["limit"]) if n is not None]
+            cap = min(caps) if caps else None
             path = Path(spec["path"])  # a file, a directory or a glob (sources.iter_source expands it)
             try:
                 items = iter_source(spec)
                 rows_in_source = 0
                 for row_origin, group in itertools.groupby(items, key=lambda item: item.row):
-                    if limit is not None and rows_in_source >= limit:
+                    if cap is not None and rows_in_source >= cap:
                         break
                     group = list(group)
-                    rows = group[0].rows if limit is None else min(group[0].rows, limit - rows_in_source)
+                    rows = group[0].rows if cap is None else min(group[0].rows, cap - rows_in_source)
                     rows_in_source += rows
                     report.rows_read += rows
                     errors = [item for item in group if isinstance(item.item, RowError)]
@@ -205,6 +223,7 @@ def _account_row(group: list[SourceItem], spec: dict, report: DataReport, exampl
         report.used += 1
         report.examples += len(kept)
         report.ties += sum(isinstance(e, PreferencePair) and e.probability == 0.5 for e in kept)
+        report.chat_examples += sum(is_chat(e) for e in kept)
         examples.extend((spec["name"], example) for example in kept)
     elif overlapping:
         report.dropped_dev_overlap += 1

@@ -6,10 +6,14 @@
                 → pairs with probability labels (tie → 0.5)
   conala_grades CoNaLa human grades 0–4 from several graders → a ranking by mean grade (ties kept),
                 or pairs with margin = grade difference and probability from it
+  rewardbench   RewardBench v1 rows {prompt, chosen, rejected, subset} → pairs tagged with their subset
+  rewardbench2  RewardBench 2 rows {prompt, chosen: [...], rejected: [...], subset} → a ranking with two
+                levels (every chosen above every rejected), tagged with subset and id (rewardbench.py)
 
 A ranking can be turned into pairs (`as_pairs: adjacent | all`) for pairwise losses.
 Files without their own dev split are split by a hash of the prompt (`split`, `dev_fraction`),
-so one prompt never lands in both train and dev.
+so one prompt never lands in both train and dev; OpenAssistant files by a hash of the message tree id,
+so no conversation tree (whose rankings have different prompts) lands on both sides.
 """
 
 from __future__ import annotations
@@ -18,15 +22,16 @@ import ast
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses
 from rlhf_rm.data.formats import RowError, parse_row
 from rlhf_rm.data.readers import RawRow, expand_paths, read_rows
+from rlhf_rm.data.rewardbench import BENCHMARK_FORMATS, parse_benchmark_row
 
-FORMATS = ("preference", "oasst_trees", "qa_feedback", "conala_grades")
+FORMATS = ("preference", "oasst_trees", "qa_feedback", "conala_grades", *BENCHMARK_FORMATS)
 PREFERENCE_COLUMNS = (("chosen", "rejected"), ("responses", "ranks"))  # Parquet layouts the preference format reads
 
 
@@ -70,6 +75,8 @@ def _iter_file(spec: dict, path: Path, part) -> Iterator[SourceItem]:
         yield from _qa_feedback(path, spec.get("include_passages", False), max_row_bytes)
     elif fmt == "conala_grades":
         yield from _conala(path, max_row_bytes)
+    elif fmt in BENCHMARK_FORMATS:
+        yield from _benchmark(path, fmt, spec, part)
     else:
         raise ValueError(f"{path}: unknown data format {fmt!r}; choose one of {FORMATS}")
 
@@ -79,10 +86,12 @@ def _unreadable(row: RawRow) -> SourceItem:
 
 
 def in_split(example: Example, split: str | None, dev_fraction: float) -> bool:
-    """Deterministic train/dev membership keyed by the prompt text."""
+    """Deterministic train/dev membership keyed by the example's split_key (an OASST tree id), else its prompt."""
     if split is None:
         return True
-    key = example.prompt if isinstance(example.prompt, str) else json.dumps(example.prompt, sort_keys=True)
+    key = example.split_key
+    if key is None:
+        key = example.prompt if isinstance(example.prompt, str) else json.dumps(example.prompt, sort_keys=True)
     bucket = int(hashlib.sha256(key.encode("utf-8")).hexdigest(), 16) % 10_000
     is_dev = bucket < dev_fraction * 10_000
     return is_dev if split == "dev" else not is_dev
@@ -100,8 +109,22 @@ def ranking_to_pairs(ranking: RankedResponses, mode: str) -> list[PreferencePair
         raise ValueError(f"as_pairs must be 'adjacent' or 'all', got {mode!r}")
     scores = ranking.scores or [-float(r) for r in ranking.ranks]
     return [PreferencePair(ranking.prompt, ranking.responses[a], ranking.responses[b], ranking.origin,
-                           margin=float(scores[a] - scores[b]))
+                           margin=float(scores[a] - scores[b]), split_key=ranking.split_key, subset=ranking.subset,
+                           item_id=ranking.item_id)
             for a, b in candidates if ranking.ranks[a] < ranking.ranks[b]]
+
+
+def _benchmark(path: Path, fmt: str, spec: dict, part) -> Iterator[SourceItem]:
+    for row in read_rows(path, spec["max_row_bytes"], expect_columns=(("prompt", "chosen", "rejected", "subset"),),
+                         part=part):
+        if row.error is not None:
+            yield _unreadable(row)
+            continue
+        try:
+            item = parse_benchmark_row(row.value, row.origin, fmt, spec["prompt_style"], spec["prompt_separator"])
+        except RowError as exc:
+            item = exc
+        yield SourceItem(row.origin, row.origin, item, row.value)
 
 
 # -- OpenAssistant ------------------------------------------------------------------------------
@@ -115,7 +138,15 @@ def _oasst(path: Path, max_row_bytes: int) -> Iterator[SourceItem]:
             yield SourceItem(row.origin, row.origin,
                              RowError("expected a message tree with a 'prompt' message", "malformed row"), tree)
             continue
-        rankings = list(_oasst_rankings(tree["prompt"], [], row.origin))
+        # Every ranking of a tree shares its split key: the tree's id (the root message's id in exports
+        # without message_tree_id), so `split: dev` holds out whole trees.
+        tree_id = tree.get("message_tree_id") or tree["prompt"].get("message_id")
+        if not isinstance(tree_id, str) or not tree_id:
+            yield SourceItem(row.origin, row.origin, RowError(
+                "message tree without an id ('message_tree_id' or the prompt's 'message_id')", "missing key"), tree)
+            continue
+        rankings = [replace(r, split_key=f"oasst tree {tree_id}")
+                    for r in _oasst_rankings(tree["prompt"], [], row.origin)]
         for ranking in rankings:
             yield SourceItem(row.origin, ranking.origin, ranking)
         if not rankings:

@@ -150,8 +150,9 @@ class PrepareUnits:
 def prepare_streamed_split(specs: list[dict], data: DataConfig, backbone_path: str, run_dir: Path, entry: Path,
                            dev_keys: frozenset | None, workers: int, reuse: bool = True) -> StreamedSplit:
     """Prepare (or, with `reuse`, find already prepared in `entry`) the shards of a streamed split."""
-    if data.limit is not None:
-        raise ValueError("data.limit is not applied when streaming (data.streaming=true): prepare a smaller file, "
+    if data.limit is not None or any(spec["limit"] is not None for spec in specs):
+        raise ValueError("data.limit (or a source's limit) is not applied when streaming (data.streaming=true): "
+                         "prepare a smaller file, "
                          "or bound the run with trainer.max_steps")
     with _entry_lock(entry):  # another run preparing the same entry finishes first; we then reuse it
         manifest_path = entry / MANIFEST

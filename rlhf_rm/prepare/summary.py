@@ -10,7 +10,7 @@ from __future__ import annotations
 from rlhf_rm.data.load import DataReport
 
 SUMMARY_COUNTS = ("rows_read", "used", "examples", "other_split", "without_comparison", "deduplicated",
-                  "duplicate_examples", "dev_overlap", "dropped_dev_overlap", "ties", "quarantined")
+                  "duplicate_examples", "dev_overlap", "dropped_dev_overlap", "ties", "chat_examples", "quarantined")
 
 
 def split_summary(reports: dict[str, DataReport], prompt_truncated: int, response_truncated: int,

@@ -22,10 +22,23 @@ def record_diagnostics(groups, scores: list, run_dir: str, tracker, step: int, t
             worst_pair_row(row, groups[int(row["id"])], decode) for row in diagnostics["worst_pairs"]])
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     Path(run_dir, "diagnostics.json").write_text(json.dumps(diagnostics, indent=2, default=str))
+    return {**length_metrics(diagnostics), "ece": diagnostics["calibration"].get("ece")}
+
+
+def length_metrics(diagnostics: dict) -> dict:
+    """Reward–length correlation and accuracy where the chosen response is shorter / longer (issue 16: every
+    report splits them), overall and, with several dev sources, per source."""
     length = diagnostics["length"]
-    return {"length_reward_correlation": length.get("reward_length_correlation"),
-            "accuracy_chosen_shorter": length.get("shorter_chosen_accuracy"),
-            "ece": diagnostics["calibration"].get("ece")}
+    metrics = {"length_reward_correlation": length["reward_length_correlation"]}
+    rows = {"": length}
+    if len(diagnostics.get("by_source", {})) > 1:
+        rows.update({f"/{source}": row for source, row in diagnostics["by_source"].items()})
+    for suffix, row in rows.items():
+        metrics.update({f"accuracy_chosen_shorter{suffix}": row["shorter_chosen_accuracy"],
+                        f"pairs_chosen_shorter{suffix}": row["shorter_chosen_pairs"],
+                        f"accuracy_chosen_longer{suffix}": row["longer_chosen_accuracy"],
+                        f"pairs_chosen_longer{suffix}": row["longer_chosen_pairs"]})
+    return metrics
 
 
 def worst_pair_row(row: dict, group, tokenizer=None, prompt_tail_tokens: int = 48) -> list:
