@@ -498,27 +498,32 @@ def test_sigkilled_replica_under_load_costs_no_request_and_no_500(pool, direct, 
     import signal
 
     want = expected(direct[0], *texts)
-    pid = next(iter(replica_pids(pool).values()))
-    with Load(pool, texts) as load, PlainCallers(pool, texts, 8) as plain:
-        load.wait_for(4)
-        before = len(plain.answers)
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.time() + 20
-        while len(plain.answers) < before + 80 and time.time() < deadline:
-            time.sleep(0.05)
-        load.wait_for(4)
-    statuses = {status for _, status, *_ in plain.answers}
-    assert statuses <= {200, 503}, statuses
-    assert all(retry_after for _, status, retry_after, *_ in plain.answers if status == 503)
-    for index, status, _, _, scores in plain.answers:
-        if status == 200:
-            assert_scores(scores, [want[index]])
-    lost = [a for a in plain.answers if a[1] == 503 or a[3]]
-    assert lost, "the kill hit no request in flight: the test proved nothing"
-    assert len(plain.answers) >= before + 80
-    assert load.errors == []
-    for scores in load.results:
-        assert_scores(scores, want[:4])
+    for attempt in range(3):  # a kill between two requests proves nothing: then kill again (rare, but seen in CI)
+        if attempt:
+            wait_until_running()
+        pid = next(iter(replica_pids(pool).values()))
+        with Load(pool, texts) as load, PlainCallers(pool, texts, 8) as plain:
+            load.wait_for(4)
+            before = len(plain.answers)
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.time() + 20
+            while len(plain.answers) < before + 80 and time.time() < deadline:
+                time.sleep(0.05)
+            load.wait_for(4)
+        statuses = {status for _, status, *_ in plain.answers}
+        assert statuses <= {200, 503}, statuses
+        assert all(retry_after for _, status, retry_after, *_ in plain.answers if status == 503)
+        for index, status, _, _, scores in plain.answers:
+            if status == 200:
+                assert_scores(scores, [want[index]])
+        assert len(plain.answers) >= before + 80
+        assert load.errors == []
+        for scores in load.results:
+            assert_scores(scores, want[:4])
+        lost = [a for a in plain.answers if a[1] == 503 or a[3]]
+        if lost:
+            break
+    assert lost, "three kills hit no request in flight: the test proved nothing"
     wait_until_running()  # the next tests expect two replicas
 
 
