@@ -55,7 +55,7 @@ ARMS = {
 
 def git_commit() -> str:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "rlhf_rm", "benchmarks"], cwd=ROOT,
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "rlhf_rm", "benchmarks", ":!benchmarks/results"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     return commit + ("+dirty" if dirty else "")
 
