@@ -161,10 +161,12 @@ def merge(rows: list[dict]) -> str:
             f"| {mean_std([r['reward_length_correlation'] for r in group], 2)} |")
     devices = sorted({r["device"] for r in rows})
     dates = sorted(r["started"][:10] for r in rows)
-    first = rows[0] if rows else {}
+    # Pair counts by our encoder's response tokens (TRL's rows count with its own tokenization: a few differ).
+    first = next((r for r in rows if r["arm"] != "trl"), rows[0] if rows else {})
     notes = [f"Test split: hh-rlhf-harmless/dev.jsonl, {first.get('test_pairs', TEST_PAIRS)} pairs "
              f"({first.get('longer_chosen_pairs')} with the chosen response longer, "
-             f"{first.get('shorter_chosen_pairs')} shorter, the rest equal). Mean ± sample std over seeds.",
+             f"{first.get('shorter_chosen_pairs')} shorter, the rest equal, in rlhf_rm's response tokens). "
+             "Mean ± sample std over seeds.",
              f"Device: {', '.join(devices)}; pieces run {dates[0] if dates else '?'} to {dates[-1] if dates else '?'}; "
              f"rows: benchmarks/results/quality/*.json (seed, commit, load average each)."]
     return "\n".join(lines) + "\n\n" + "\n".join(notes)
