@@ -13,6 +13,8 @@ Arms (`--arm`):
                (seed 0, 2026-11-29) and the main job trains 0.82 pairs/s here (400 pairs in 488 s), so 1200 pairs
                (`data.limit=1200`, ≈ 1460 s); the table prints both training times, so the claim can be checked
   *_length     an arm with the length-disentangled head (`model.length_head.enabled=true`, docs/length.md)
+  general      `experiment=general` (HH harmless + OpenAssistant rankings + QA-Feedback ties): its own table,
+               test accuracy per source (HH on the test split, OASST on held-out trees, QA on held-out questions)
 
 Every arm is scored on the same test split (`hh-rlhf-harmless/dev.jsonl`, 208 pairs; no choice was made on
 it) with one rendering: the full text, each text keeping its last 512 tokens. The length split ("chosen
@@ -50,7 +52,10 @@ ARMS = {
     "equal_time": ("rlhf_rm at TRL's training time, 1200 pairs", ["data.limit=1200"]),
     "rlhf_rm_length": ("rlhf_rm 400 pairs + length head", ["model.length_head.enabled=true"]),
     "equal_time_length": ("rlhf_rm 1200 pairs + length head", ["data.limit=1200", "model.length_head.enabled=true"]),
+    "general": ("`experiment=general` (HH 250 pairs + OASST 40 trees + QA-Feedback 40 questions)",
+                ["experiment=general"]),
 }
+GENERAL_SOURCES = ("hh_rlhf", "oasst", "qa_feedback")
 
 
 def git_commit() -> str:
@@ -94,7 +99,8 @@ def run_trl_arm(work: str, seed: int) -> dict:
 # -- rlhf_rm -----------------------------------------------------------------------------------------
 def run_rlhf_rm_arm(work: str, seed: int, overrides: list[str]) -> dict:
     run_dir = Path(work) / "rlhf_rm"
-    command = [sys.executable, "-m", "rlhf_rm.train", "experiment=quickstart", "logger=none", f"seed={seed}",
+    experiment = [] if any(o.startswith("experiment=") for o in overrides) else ["experiment=quickstart"]
+    command = [sys.executable, "-m", "rlhf_rm.train", *experiment, "logger=none", f"seed={seed}",
                f"hydra.run.dir={run_dir}", f"trainer.storage_path={Path(work) / 'ray'}", *overrides]
     started = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True)
@@ -103,7 +109,10 @@ def run_rlhf_rm_arm(work: str, seed: int, overrides: list[str]) -> dict:
     diagnostics = json.loads((run_dir / "diagnostics.json").read_text())
     return {"train_pairs": metrics["data"]["train"]["groups"], "train_seconds": metrics["train_seconds"],
             "job_seconds": job_seconds, "test_accuracy": metrics["dev_accuracy"], "test_pairs": metrics["dev_pairs"],
-            **length_figures(diagnostics["length"])}
+            **length_figures(diagnostics["length"]),
+            # per dev source (experiment=general): pairs, accuracy, the chosen shorter / longer split
+            "by_source": diagnostics.get("by_source", {}),
+            "tie_aware_accuracy": metrics.get("dev_tie_aware_accuracy"), "ties": metrics.get("dev_ties")}
 
 
 def length_figures(length: dict) -> dict:
@@ -149,7 +158,7 @@ def merge(rows: list[dict]) -> str:
         by_arm.setdefault(row["arm"], []).append(row)
     lines = ["| run | seeds | train pairs | training loop (s) | test accuracy | chosen longer | chosen shorter "
              "| reward–length r |", "|---|---|---|---|---|---|---|---|"]
-    for arm in [a for a in ARMS if a in by_arm]:
+    for arm in [a for a in ARMS if a in by_arm and a != "general"]:
         group = sorted(by_arm[arm], key=lambda r: r["seed"])
         lines.append(
             f"| {ARMS[arm][0]} | {len(group)} ({', '.join(str(r['seed']) for r in group)}) "
@@ -169,7 +178,28 @@ def merge(rows: list[dict]) -> str:
              "Mean ± sample std over seeds.",
              f"Device: {', '.join(devices)}; pieces run {dates[0] if dates else '?'} to {dates[-1] if dates else '?'}; "
              f"rows: benchmarks/results/quality/*.json (seed, commit, load average each)."]
-    return "\n".join(lines) + "\n\n" + "\n".join(notes)
+    text = "\n".join(lines) + "\n\n" + "\n".join(notes)
+    if "general" in by_arm:
+        text += "\n\n" + merge_general(sorted(by_arm["general"], key=lambda r: r["seed"]))
+    return text
+
+
+def merge_general(group: list[dict]) -> str:
+    """experiment=general's table: one row per dev source (each held out its own way, see the arm's doc)."""
+    def figure(source: str, key: str) -> str:
+        return mean_std([r["by_source"].get(source, {}).get(key) for r in group])
+
+    lines = [f"`experiment=general`, {len(group)} seed(s) ({', '.join(str(r['seed']) for r in group)}), "
+             f"{round(statistics.mean(r['train_pairs'] for r in group))} training groups, training loop "
+             f"{statistics.mean(r['train_seconds'] for r in group):.0f} s, job {statistics.mean(r['job_seconds'] for r in group):.0f} s:",
+             "", "| test source | pairs | test accuracy | chosen longer | chosen shorter |", "|---|---|---|---|---|"]
+    for source in GENERAL_SOURCES:
+        lines.append(f"| {source} | {group[0]['by_source'].get(source, {}).get('pairs', 0)} "
+                     f"| {figure(source, 'accuracy')} | {figure(source, 'longer_chosen_accuracy')} "
+                     f"| {figure(source, 'shorter_chosen_accuracy')} |")
+    lines.append(f"\nQA-Feedback's ties ({group[0].get('ties')}) are left out of pair accuracy; tie-aware accuracy over "
+                 f"all its pairs: {mean_std([r.get('tie_aware_accuracy') for r in group])}.")
+    return "\n".join(lines)
 
 
 def main() -> int:
