@@ -7,7 +7,8 @@
     rewards, spreads = client.score_with_spread(prompts, responses)   # ensembles: mean and std of heads
 
 The client is picklable (connections are opened lazily), splits calls larger than the pool's
-per-request limit, and retries when a replica dies or is restarting; bad input is not retried.
+per-request limit, and retries when a replica dies or is restarting (waiting what a 503/429's
+`Retry-After` asks, else exponential backoff); bad input is not retried.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class RewardClient:
             except Exception as error:  # noqa: BLE001 - classified by _retryable
                 if not _retryable(error) or attempt == self.retries:
                     raise
-                time.sleep(self.backoff_s * 2 ** attempt)
+                time.sleep(self._wait_s(error, attempt))
                 response = self._get_handle().score.remote(prompts, responses, self.normalize)
 
     def _http_score(self, prompts, responses) -> dict:
@@ -139,7 +140,7 @@ class RewardClient:
             except Exception as error:  # noqa: BLE001 - classified below
                 if not _retryable(error) or attempt == self.retries:
                     raise
-                time.sleep(self.backoff_s * 2 ** attempt)
+                time.sleep(self._wait_s(error, attempt))
 
     async def _retry_async(self, prompts, responses):
         call = self._ahttp_score if self.url else self._ahandle_score
@@ -149,7 +150,13 @@ class RewardClient:
             except Exception as error:  # noqa: BLE001 - classified below
                 if not _retryable(error) or attempt == self.retries:
                     raise
-                await asyncio.sleep(self.backoff_s * 2 ** attempt)
+                await asyncio.sleep(self._wait_s(error, attempt))
+
+    def _wait_s(self, error: Exception, attempt: int) -> float:
+        """The pool's `Retry-After` when it sent one (capped: a wrong header must not stall PPO), else backoff."""
+        backoff = self.backoff_s * 2 ** attempt
+        retry_after = getattr(error, "retry_after_s", None)
+        return backoff if retry_after is None else min(max(retry_after, backoff), MAX_RETRY_AFTER_S)
 
     def _chunks(self, prompts, responses) -> list[tuple[list, list]]:
         if prompts is None:
@@ -160,16 +167,38 @@ class RewardClient:
         return [(list(prompts[i:i + n]), list(responses[i:i + n])) for i in range(0, len(responses), n)]
 
 
+MAX_RETRY_AFTER_S = 60.0
+
+
 class _RetryableHTTPError(RewardServiceError):
-    pass
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 def _result_from(reply) -> dict:
-    if reply.status_code >= 500:
-        raise _RetryableHTTPError(f"pool answered {reply.status_code}: {reply.text[:200]}")
+    # 5xx: a replica died or is restarting; 429: overloaded. Both say when to come back in Retry-After.
+    if reply.status_code >= 500 or reply.status_code == 429:
+        raise _RetryableHTTPError(f"pool answered {reply.status_code}: {reply.text[:200]}",
+                                  _retry_after_s(reply.headers.get("retry-after")))
     if reply.status_code != 200:
         raise RewardServiceError(f"pool answered {reply.status_code}: {reply.text[:500]}")
     return reply.json()
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """Retry-After as seconds (RFC 9110: a number of seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+        except (TypeError, ValueError):
+            return None
 
 
 def _retryable(error: Exception) -> bool:
