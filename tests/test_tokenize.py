@@ -86,3 +86,42 @@ def test_spec_round_trip_and_refuses_other_truncation_rules(tiny_tokenizer):
         RenderingSpec(truncation="keep_first")
     with pytest.raises(ValueError, match="unknown rendering keys"):
         RenderingSpec.from_dict({**spec.to_dict(), "min_prompt_tokens": 8})
+
+
+def _with_bos(tokenizer):
+    """A copy of the tiny tokenizer that prepends a BOS, as Llama's does (the tiny one adds no special token)."""
+    import copy
+
+    from tokenizers import processors
+
+    tok = copy.deepcopy(tokenizer)
+    bos = (tok.bos_token, tok.bos_token_id)
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single=f"{bos[0]} $A", pair=f"{bos[0]} $A $B:1",
+                                                                  special_tokens=[bos])
+    return tok
+
+
+@pytest.mark.parametrize("bos", [False, True], ids=["no-bos", "bos"])
+@pytest.mark.parametrize("append_eos", [False, True], ids=["no-eos", "eos"])
+def test_single_tokenization_equals_the_plain_truncating_call(tiny_tokenizer, bos, append_eos):
+    """The encoder tokenizes each text once through the Rust backend; ids, the prompt/response boundary and
+    the truncation flags must equal the plain `tok(text, truncation=True)` route (two calls for a long text)."""
+    from conftest import fixture_texts
+
+    tokenizer = _with_bos(tiny_tokenizer) if bos else tiny_tokenizer
+    texts = fixture_texts()[:40]
+    for max_length in (8, 40, 512):
+        fast = ResponseEncoder(tokenizer, max_length=max_length, append_eos=append_eos)
+        plain = ResponseEncoder(tokenizer, max_length=max_length, append_eos=append_eos)
+        plain._backend = None  # the two-call route through the tokenizer's __call__
+        assert fast._backend is not None
+        cut = 0
+        for text in texts:
+            for prompt_chars in (0, len(text) // 3, len(text) - 5):
+                got, want = fast.encode_text(text, prompt_chars), plain.encode_text(text, prompt_chars)
+                assert got == want, (max_length, text[:60], prompt_chars)
+            assert got.ids == fast.tokenizer(text, truncation=True)["input_ids"]
+            cut += len(fast.tokenizer(text)["input_ids"]) > max_length
+        assert max_length == 512 or cut > 0  # the truncating branch ran
+        chat = fast.encode_group([{"role": "user", "content": texts[0]}], [texts[1], texts[2]])
+        assert chat == plain.encode_group([{"role": "user", "content": texts[0]}], [texts[1], texts[2]])

@@ -64,6 +64,7 @@ class ResponseEncoder:
         # tokenizer may serve encoders with other specs.
         self.tokenizer = copy.deepcopy(tokenizer)
         apply_to_tokenizer(self.tokenizer, spec)
+        self._backend = _untruncated_backend(self.tokenizer)
 
     @property
     def max_length(self) -> int:
@@ -96,6 +97,8 @@ class ResponseEncoder:
     # -- token ids ---------------------------------------------------------------------------
     def encode_text(self, text: str, prompt_chars: int = 0) -> _Encoded:
         """`tok(text, truncation=True)`, plus where the prompt ends and what truncation removed."""
+        if self._backend is not None:
+            return self._encode_with_backend(text, prompt_chars)
         tok = self.tokenizer
         offsets_ok = getattr(tok, "is_fast", False)
         full = tok(text, return_offsets_mapping=offsets_ok, verbose=False)  # no "longer than max" warning
@@ -106,13 +109,21 @@ class ResponseEncoder:
         ids = list(encoded["input_ids"])
         if not offsets_ok:
             return _Encoded(ids, 0, truncated, False)
-        offsets = encoded["offset_mapping"]
-        prompt_tokens = 0
-        while prompt_tokens < len(ids) and offsets[prompt_tokens][1] <= prompt_chars:
-            prompt_tokens += 1
-        content_starts = [start for start, end in offsets if end > start]
-        response_cut = truncated and bool(content_starts) and content_starts[0] > prompt_chars
-        return _Encoded(ids, prompt_tokens, truncated and prompt_chars > 0, response_cut)
+        return _located(ids, encoded["offset_mapping"], prompt_chars, truncated)
+
+    def _encode_with_backend(self, text: str, prompt_chars: int) -> _Encoded:
+        """What `tok(text, truncation=True, return_offsets_mapping=True)` returns, tokenized once: the Rust
+        tokenizer's own steps (encode, truncate to max_length less the special tokens, post-process) called
+        directly, where the plain call on an over-length text costs a second full tokenization to learn that
+        it was cut. Equality with the plain call: tests/test_tokenize.py."""
+        backend = self._backend
+        encoding = backend.encode(text, add_special_tokens=False)
+        room = self.spec.max_length - backend.num_special_tokens_to_add(False)
+        truncated = len(encoding.ids) > room
+        if truncated:
+            encoding.truncate(room, 0, self.tokenizer.truncation_side)
+        encoding = backend.post_process(encoding, None, True)
+        return _located(encoding.ids, encoding.offsets, prompt_chars, truncated)
 
     def encode_group(self, prompt: Text, responses: list[Text]) -> EncodedGroup:
         """Each response's full sequence is encoded on its own (so it equals what a single-text scorer
@@ -138,6 +149,29 @@ class ResponseEncoder:
         example = example.oriented()  # the preferred response first, whoever built the pair
         group = self.encode_group(example.prompt, [example.chosen, example.rejected])
         return replace(group, probability=example.probability, margin=example.margin, source=source)
+
+
+def _untruncated_backend(tokenizer):
+    """A copy of a fast tokenizer's Rust backend with no truncation or padding of its own (the encoder
+    truncates by the spec); None for a slow tokenizer, which goes through the plain call."""
+    backend = getattr(tokenizer, "_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None:
+        return None
+    backend = copy.deepcopy(backend)
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
+def _located(ids, offsets, prompt_chars: int, truncated: bool) -> _Encoded:
+    """Where the prompt's tokens end (by character offsets) and which side truncation cut."""
+    ids = list(ids)
+    prompt_tokens = 0
+    while prompt_tokens < len(ids) and offsets[prompt_tokens][1] <= prompt_chars:
+        prompt_tokens += 1
+    content_starts = [start for start, end in offsets if end > start]
+    response_cut = truncated and bool(content_starts) and content_starts[0] > prompt_chars
+    return _Encoded(ids, prompt_tokens, truncated and prompt_chars > 0, response_cut)
 
 
 def _common_prefix_length(*sequences) -> int:
