@@ -171,7 +171,8 @@ def merge(rows: list[dict]) -> str:
     devices = sorted({r["device"] for r in rows})
     dates = sorted(r["started"][:10] for r in rows)
     # Pair counts by our encoder's response tokens (TRL's rows count with its own tokenization: a few differ).
-    first = next((r for r in rows if r["arm"] != "trl"), rows[0] if rows else {})
+    hh_rows = [r for r in rows if r["arm"] != "general"]  # general's dev is three sources, not the test split alone
+    first = next((r for r in hh_rows if r["arm"] != "trl"), hh_rows[0] if hh_rows else {})
     notes = [f"Test split: hh-rlhf-harmless/dev.jsonl, {first.get('test_pairs', TEST_PAIRS)} pairs "
              f"({first.get('longer_chosen_pairs')} with the chosen response longer, "
              f"{first.get('shorter_chosen_pairs')} shorter, the rest equal, in rlhf_rm's response tokens). "
@@ -198,7 +199,8 @@ def merge_general(group: list[dict]) -> str:
                      f"| {figure(source, 'accuracy')} | {figure(source, 'longer_chosen_accuracy')} "
                      f"| {figure(source, 'shorter_chosen_accuracy')} |")
     lines.append(f"\nQA-Feedback's ties ({group[0].get('ties')}) are left out of pair accuracy; tie-aware accuracy over "
-                 f"all its pairs: {mean_std([r.get('tie_aware_accuracy') for r in group])}.")
+                 f"every dev pair of the three sources, ties included: "
+                 f"{mean_std([r.get('tie_aware_accuracy') for r in group])}.")
     return "\n".join(lines)
 
 

@@ -83,3 +83,11 @@ def test_client_without_retry_after_backs_off_and_gives_up_after_its_retries(poo
         client.score(["p"], ["r"])
     assert len(pool.arrivals) == 3
     assert pool.gap_s() < 0.9  # its own backoff, not a second
+
+
+@pytest.mark.parametrize("header", ["nan", "-1", "soon"])
+def test_an_unreadable_retry_after_falls_back_to_backoff(pools, header):
+    pool = pools(503, header)
+    client = RewardClient(url=pool.url, backoff_s=0.01, retries=2)
+    assert client.score(["p"], ["r"]) == [0.25]
+    assert pool.gap_s() < 0.9

@@ -88,40 +88,54 @@ def test_spec_round_trip_and_refuses_other_truncation_rules(tiny_tokenizer):
         RenderingSpec.from_dict({**spec.to_dict(), "min_prompt_tokens": 8})
 
 
-def _with_bos(tokenizer):
-    """A copy of the tiny tokenizer that prepends a BOS, as Llama's does (the tiny one adds no special token)."""
+def _variant(tokenizer, kind: str):
+    """A copy of the tiny tokenizer (byte-level BPE, adds no special token) that post-processes like another
+    family: Llama's BOS, RoBERTa's <s>..</s> with trimmed offsets, GPT-2/NeoX's ByteLevel(trim_offsets), or
+    one loaded with split_special_tokens=True."""
     import copy
 
     from tokenizers import processors
 
     tok = copy.deepcopy(tokenizer)
-    bos = (tok.bos_token, tok.bos_token_id)
-    tok._tokenizer.post_processor = processors.TemplateProcessing(single=f"{bos[0]} $A", pair=f"{bos[0]} $A $B:1",
-                                                                  special_tokens=[bos])
+    bos, eos = (tok.bos_token, tok.bos_token_id), (tok.eos_token, tok.eos_token_id)
+    if kind == "bos":
+        tok._tokenizer.post_processor = processors.TemplateProcessing(single=f"{bos[0]} $A", pair=f"{bos[0]} $A $B:1",
+                                                                      special_tokens=[bos])
+    elif kind == "roberta":
+        tok._tokenizer.post_processor = processors.RobertaProcessing(eos, bos, trim_offsets=True)
+    elif kind == "bytelevel-trim":
+        tok._tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
+    elif kind == "split-special":
+        tok.split_special_tokens = True
     return tok
 
 
-@pytest.mark.parametrize("bos", [False, True], ids=["no-bos", "bos"])
+@pytest.mark.parametrize("kind", ["plain", "bos", "roberta", "bytelevel-trim", "split-special"])
 @pytest.mark.parametrize("append_eos", [False, True], ids=["no-eos", "eos"])
-def test_single_tokenization_equals_the_plain_truncating_call(tiny_tokenizer, bos, append_eos):
+def test_single_tokenization_equals_the_plain_truncating_call(tiny_tokenizer, kind, append_eos):
     """The encoder tokenizes each text once through the Rust backend; ids, the prompt/response boundary and
     the truncation flags must equal the plain `tok(text, truncation=True)` route (two calls for a long text)."""
     from conftest import fixture_texts
 
-    tokenizer = _with_bos(tiny_tokenizer) if bos else tiny_tokenizer
-    texts = fixture_texts()[:40]
-    for max_length in (8, 40, 512):
+    tokenizer = _variant(tiny_tokenizer, kind)
+    import random
+
+    words = random.Random(0).choices(["I", " a", " help", " am", " .", " ?", "  ", "\n", " can", " you"], k=600)
+    short = ["".join(words[i:i + 12]) for i in range(0, 600, 12)]  # single-character tokens, spaces: trimmed offsets
+    texts = fixture_texts()[:20] + short + [f"{tokenizer.bos_token}user\nhi{tokenizer.eos_token} I"]
+    for max_length in (10, 40, 512):
         fast = ResponseEncoder(tokenizer, max_length=max_length, append_eos=append_eos)
         plain = ResponseEncoder(tokenizer, max_length=max_length, append_eos=append_eos)
         plain._backend = None  # the two-call route through the tokenizer's __call__
         assert fast._backend is not None
         cut = 0
         for text in texts:
-            for prompt_chars in (0, len(text) // 3, len(text) - 5):
+            for prompt_chars in sorted({0, 1, 2, 3, 5, len(text) // 3, len(text) - 5, len(text) - 2}):
                 got, want = fast.encode_text(text, prompt_chars), plain.encode_text(text, prompt_chars)
                 assert got == want, (max_length, text[:60], prompt_chars)
-            assert got.ids == fast.tokenizer(text, truncation=True)["input_ids"]
+            plain_call = fast.tokenizer(text, truncation=True, return_offsets_mapping=True)
+            assert got.ids == plain_call["input_ids"]
             cut += len(fast.tokenizer(text)["input_ids"]) > max_length
         assert max_length == 512 or cut > 0  # the truncating branch ran
-        chat = fast.encode_group([{"role": "user", "content": texts[0]}], [texts[1], texts[2]])
-        assert chat == plain.encode_group([{"role": "user", "content": texts[0]}], [texts[1], texts[2]])
+        chat = [{"role": "user", "content": texts[0]}]
+        assert fast.encode_group(chat, [texts[1], texts[2]]) == plain.encode_group(chat, [texts[1], texts[2]])

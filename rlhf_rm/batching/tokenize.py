@@ -64,7 +64,7 @@ class ResponseEncoder:
         # tokenizer may serve encoders with other specs.
         self.tokenizer = copy.deepcopy(tokenizer)
         apply_to_tokenizer(self.tokenizer, spec)
-        self._backend = _untruncated_backend(self.tokenizer)
+        self._backend = _truncating_backend(self.tokenizer, spec)
 
     @property
     def max_length(self) -> int:
@@ -113,17 +113,10 @@ class ResponseEncoder:
 
     def _encode_with_backend(self, text: str, prompt_chars: int) -> _Encoded:
         """What `tok(text, truncation=True, return_offsets_mapping=True)` returns, tokenized once: the Rust
-        tokenizer's own steps (encode, truncate to max_length less the special tokens, post-process) called
-        directly, where the plain call on an over-length text costs a second full tokenization to learn that
-        it was cut. Equality with the plain call: tests/test_tokenize.py."""
-        backend = self._backend
-        encoding = backend.encode(text, add_special_tokens=False)
-        room = self.spec.max_length - backend.num_special_tokens_to_add(False)
-        truncated = len(encoding.ids) > room
-        if truncated:
-            encoding.truncate(room, 0, self.tokenizer.truncation_side)
-        encoding = backend.post_process(encoding, None, True)
-        return _located(encoding.ids, encoding.offsets, prompt_chars, truncated)
+        call the plain one makes (our backend copy truncates as the plain call sets it to), where learning that
+        a text was cut used to cost a second full tokenization. Equality: tests/test_tokenize.py."""
+        encoding = self._backend.encode(text)
+        return _located(encoding.ids, encoding.offsets, prompt_chars, truncated=bool(encoding.overflowing))
 
     def encode_group(self, prompt: Text, responses: list[Text]) -> EncodedGroup:
         """Each response's full sequence is encoded on its own (so it equals what a single-text scorer
@@ -151,15 +144,21 @@ class ResponseEncoder:
         return replace(group, probability=example.probability, margin=example.margin, source=source)
 
 
-def _untruncated_backend(tokenizer):
-    """A copy of a fast tokenizer's Rust backend with no truncation or padding of its own (the encoder
-    truncates by the spec); None for a slow tokenizer, which goes through the plain call."""
-    backend = getattr(tokenizer, "_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
-    if backend is None:
+def _truncating_backend(tokenizer, spec: RenderingSpec):
+    """A copy of a fast tokenizer's Rust backend set the way `tok(text, truncation=True)` sets it for each
+    call (left truncation at the spec's length, no padding, its split_special_tokens); None where the plain
+    call does more than that Rust call (a slow tokenizer, or a class with its own encode, e.g. CodeLlama's
+    <FILL_ME> split), which keeps the plain route."""
+    from transformers import PreTrainedTokenizerFast
+
+    if not isinstance(tokenizer, PreTrainedTokenizerFast) or \
+            type(tokenizer)._encode_plus is not PreTrainedTokenizerFast._encode_plus:
         return None
-    backend = copy.deepcopy(backend)
-    backend.no_truncation()
+    backend = copy.deepcopy(tokenizer._tokenizer)
     backend.no_padding()
+    backend.enable_truncation(spec.max_length, stride=0, strategy="longest_first",
+                              direction=tokenizer.truncation_side)
+    backend.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
     return backend
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import timezone
 
 
 class RewardServiceError(RuntimeError):
@@ -190,15 +191,17 @@ def _retry_after_s(value: str | None) -> float | None:
     """Retry-After as seconds (RFC 9110: a number of seconds or an HTTP date); None when absent or unreadable."""
     if not value:
         return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        from email.utils import parsedate_to_datetime
+    if value.strip().isdigit():  # RFC 9110: delay-seconds is digits only (no "nan", "inf", "-1")
+        return float(value)
+    from email.utils import parsedate_to_datetime
 
-        try:
-            return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-        except (TypeError, ValueError):
-            return None
+    try:
+        when = parsedate_to_datetime(value)
+        if when.tzinfo is None:  # "-0000": UTC, says RFC 5322
+            when = when.replace(tzinfo=timezone.utc)
+        return max(when.timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _retryable(error: Exception) -> bool:
