@@ -72,7 +72,7 @@ class TextScores:
                 unique.append((prompt, response))
         encoded = [scorer.encode(prompt, response) for prompt, response in unique]
         self.scores = scorer.score_encoded(encoded) if encoded else []
-        self.lengths = [len(e.response_ids[0]) for e in encoded]
+        self.lengths = [e.lengths()[0] for e in encoded]
         self.truncated = [e.prompt_truncated or e.response_truncated for e in encoded]
 
     def position(self, prompt, response) -> int:

@@ -120,8 +120,9 @@ def hard_pairs(groups, scores: list[list[float]]) -> HardPairs:
         first, second = (0, 1) if group.probability > 0.5 else (1, 0)
         pairs.chosen.append(score[first])
         pairs.rejected.append(score[second])
-        pairs.chosen_lengths.append(len(group.response_ids[first]))
-        pairs.rejected_lengths.append(len(group.response_ids[second]))
+        lengths = group.lengths()
+        pairs.chosen_lengths.append(lengths[first])
+        pairs.rejected_lengths.append(lengths[second])
         pairs.sources.append(group.source or "data")
         pairs.ids.append(str(index))
     return pairs

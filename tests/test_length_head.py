@@ -71,7 +71,7 @@ def test_equal_lengths_give_zero_correlation_and_finite_gradients():
 def test_every_layout_gives_the_same_loss_and_statistics(odin_model, tiny_tokenizer, groups):
     """The lengths flow with the batch in every layout (group by group, response tokens as the diagnostics
     count them), and the step's loss and logged correlations do not depend on the layout."""
-    expected_lengths = [len(r) for g in groups for r in g.response_ids]
+    expected_lengths = [n for g in groups for n in g.lengths()]  # each response's own tokens, as evaluate counts
     assert len(set(expected_lengths)) > 2  # the correlation has something to measure
     loss_fn, penalty = build_loss({"name": "bradley_terry"}), LengthPenalty()
     results = {}

@@ -139,3 +139,25 @@ def test_single_tokenization_equals_the_plain_truncating_call(tiny_tokenizer, ki
         assert max_length == 512 or cut > 0  # the truncating branch ran
         chat = [{"role": "user", "content": texts[0]}]
         assert fast.encode_group(chat, [texts[1], texts[2]]) == plain.encode_group(chat, [texts[1], texts[2]])
+
+
+def test_response_lengths_are_each_texts_own_tokens_when_truncation_cuts_the_prompt_at_two_places(tiny_tokenizer):
+    """A pair whose long prompt is cut at different places for its two responses shares no prefix, so
+    response_ids hold prompt tokens too. The length split of every report and the length head must count each
+    response's own tokens, as `rlhf_rm.evaluate` does scoring each text alone."""
+    from rlhf_rm.batching.arrow import groups_to_table, table_to_groups
+    from rlhf_rm.batching.collate import collate
+    from rlhf_rm.metrics import hard_pairs
+
+    encoder = ResponseEncoder(tiny_tokenizer, max_length=40)
+    prompt = " ".join(f"turn{i}" for i in range(200)) + "\n\nAssistant:"
+    pair = PreferencePair(prompt, " no", " yes I can help you with that, here is how", origin="x:1")
+    group = encoder.encode_pair(pair)
+    alone = [encoder.encode_group(prompt, [response]).response_ids[0] for response in (pair.chosen, pair.rejected)]
+    assert [len(r) for r in group.response_ids] != [len(a) for a in alone]  # the case this test is about
+    assert group.lengths() == [len(a) for a in alone]
+    assert group.lengths()[0] < group.lengths()[1]  # the chosen reply is the shorter one
+    pairs = hard_pairs([group], [[1.0, 0.0]])
+    assert (pairs.chosen_lengths, pairs.rejected_lengths) == ([len(alone[0])], [len(alone[1])])
+    assert collate([group], tiny_tokenizer.pad_token_id).response_lengths.tolist() == group.lengths()
+    assert table_to_groups(groups_to_table([group]))[0].lengths() == group.lengths()  # survives the token cache

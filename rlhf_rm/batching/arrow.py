@@ -19,14 +19,17 @@ def groups_to_table(groups: list[EncodedGroup]):
         "probability": pa.array([g.probability for g in groups], pa.float64()),
         "margin": pa.array([g.margin for g in groups], pa.float64()),
         "source": pa.array([g.source for g in groups], pa.string()),
+        "response_lengths": pa.array([g.lengths() for g in groups], pa.list_(pa.int32())),
     })
 
 
 def table_to_groups(table) -> list[EncodedGroup]:
     columns = table.to_pydict()
     return [EncodedGroup(prompt_ids=p, response_ids=r, prompt_truncated=pt, response_truncated=rt, kind=k,
-                         ranks=tuple(ra), probability=pr, margin=m, source=s)
-            for p, r, pt, rt, k, ra, pr, m, s in zip(
+                         ranks=tuple(ra), probability=pr, margin=m, source=s, response_lengths=n)
+            for p, r, pt, rt, k, ra, pr, m, s, n in zip(
                 columns["prompt_ids"], columns["response_ids"], columns["prompt_truncated"],
                 columns["response_truncated"], columns["kind"], columns["ranks"], columns["probability"],
-                columns["margin"], columns["source"])]
+                columns["margin"], columns["source"],
+                # shards written before the column existed: lengths fall back to len(response_ids)
+                columns.get("response_lengths", [None] * table.num_rows))]

@@ -62,7 +62,7 @@ def collate(groups: list[EncodedGroup], pad_id: int, layout: str = "prefix_share
     """`row_tokens` caps a packed row's width (packed layouts only; None: one row for the whole batch)."""
     batch = _collate_layout(groups, pad_id, layout, row_tokens)
     # Every layout scores the responses group by group, in input order: one length list fits them all.
-    batch.response_lengths = torch.tensor([len(r) for g in groups for r in g.response_ids], dtype=torch.long)
+    batch.response_lengths = torch.tensor([n for g in groups for n in g.lengths()], dtype=torch.long)
     return batch
 
 

@@ -32,6 +32,14 @@ class EncodedGroup:
     probability: float = 1.0  # pairs: P(first ≻ second) >= 0.5 (readers orient pairs); 0.5 is a tie
     margin: float | None = None
     source: str = ""
+    # Each response's own tokens as a single-text scorer counts them (the text's tokens after its prompt ends,
+    # after truncation). Not len(response_ids[k]): where truncation cut a pair's prompt at two places, the
+    # shared prefix is shorter than the prompt and response_ids carry prompt tokens too.
+    response_lengths: list[int] | None = None
+
+    def lengths(self) -> list[int]:
+        """Response lengths for reports and the length head (see `response_lengths`)."""
+        return list(self.response_lengths) if self.response_lengths is not None else [len(r) for r in self.response_ids]
 
     def shared_length(self) -> int:
         """Tokens when the prompt is computed once for all responses."""
@@ -130,7 +138,8 @@ class ResponseEncoder:
         shared = max(shared, 0)
         return EncodedGroup(list(sequences[0][:shared]), [list(s[shared:]) for s in sequences],
                             prompt_truncated=any(e.prompt_truncated for e in encoded),
-                            response_truncated=any(e.response_truncated for e in encoded))
+                            response_truncated=any(e.response_truncated for e in encoded),
+                            response_lengths=[max(len(e.ids) - e.prompt_tokens, 1) for e in encoded])
 
     def encode_pair(self, pair: PreferencePair) -> EncodedGroup:
         return self.encode_example(pair)

@@ -18,7 +18,7 @@ from pathlib import Path
 from rlhf_rm.batching.arrow import groups_to_table, table_to_groups
 from rlhf_rm.data.readers import expand_paths
 
-CACHE_VERSION = 2  # 2: OASST splits by tree id. Bump when the stored layout or the encoding logic changes
+CACHE_VERSION = 3  # 2: OASST splits by tree id; 3: response_lengths stored. Bump when the stored layout or the encoding logic changes
 _META = b"rlhf_rm"
 
 
