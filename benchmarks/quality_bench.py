@@ -23,6 +23,7 @@ longer" / "chosen shorter", by response tokens) is reported for every arm.
     python benchmarks/quality_bench.py run --arm trl --seed 0
     python benchmarks/quality_bench.py run --arm equal_time --seed 0
     python benchmarks/quality_bench.py merge [--write-readme]
+    python benchmarks/quality_bench.py relength --arm rlhf_rm --seed 0   # see relength()
 """
 
 from __future__ import annotations
@@ -112,7 +113,39 @@ def run_rlhf_rm_arm(work: str, seed: int, overrides: list[str]) -> dict:
             **length_figures(diagnostics["length"]),
             # per dev source (experiment=general): pairs, accuracy, the chosen shorter / longer split
             "by_source": diagnostics.get("by_source", {}),
-            "tie_aware_accuracy": metrics.get("dev_tie_aware_accuracy"), "ties": metrics.get("dev_ties")}
+            "tie_aware_accuracy": metrics.get("dev_tie_aware_accuracy"), "ties": metrics.get("dev_ties"),
+            "length_definition": OWN_TOKENS}
+
+
+# How "chosen longer / shorter" counts a response: its own tokens, as a single-text scorer sees them. Rows
+# written before 2026-11-30 01:18 (commit 00eb20a) counted len(response_ids), which for a pair whose prompt
+# truncation cut at two places includes prompt tokens; `relength` rescored those rows' checkpoints.
+OWN_TOKENS = "each response's own tokens after truncation (rlhf_rm.evaluate's count)"
+
+
+def relength(arm: str, seed: int, work: Path) -> Path:
+    """Recompute an rlhf_rm row's length split (overall and per source) with `rlhf_rm.evaluate` on its saved
+    checkpoint and the same test sources; accuracy is unchanged (same scores), only the split's counting."""
+    path = RESULTS / f"{arm}-seed{seed}.json"
+    row = json.loads(path.read_text())
+    run_dir = work / f"{arm}-seed{seed}" / "rlhf_rm"
+    report_dir = work / f"{arm}-seed{seed}" / "relength"
+    data = ["data=general"] if arm == "general" else []
+    subprocess.run([sys.executable, "-m", "rlhf_rm.evaluate", str(run_dir / "checkpoint"), *data,
+                    f"hydra.run.dir={report_dir}"], cwd=ROOT, check=True)
+    report = json.loads((report_dir / "report.json").read_text())
+    accuracy = report["rewards"]["accuracy"]
+    if abs(accuracy - row["test_accuracy"]) > 1e-9:  # the same checkpoint on the same pairs: the same scores
+        raise RuntimeError(f"evaluate's accuracy {accuracy} differs from the row's {row['test_accuracy']}")
+    row.update(length_figures(report["length"]))
+    if arm == "general":
+        row["by_source"] = {source: {k: v for k, v in figures.items()} for source, figures in report["by_source"].items()}
+    row["length_definition"] = OWN_TOKENS
+    row["relength"] = {"commit": git_commit(), "at": datetime.now(timezone.utc).isoformat()}
+    path.write_text(json.dumps(row, indent=1) + "\n")
+    print(json.dumps({k: row[k] for k in ("arm", "seed", "longer_chosen_pairs", "longer_chosen_accuracy",
+                                          "shorter_chosen_pairs", "shorter_chosen_accuracy")}), flush=True)
+    return path
 
 
 def length_figures(length: dict) -> dict:
@@ -212,11 +245,18 @@ def main() -> int:
     run.add_argument("--seed", type=int, required=True)
     run.add_argument("--work", default="outputs/quality_bench")
     run.add_argument("overrides", nargs="*", help="extra Hydra overrides for rlhf_rm arms (recorded in the row)")
+    again = sub.add_parser("relength", help="recompute an rlhf_rm row's length split from its checkpoint")
+    again.add_argument("--arm", choices=sorted(a for a in ARMS if a != "trl"), required=True)
+    again.add_argument("--seed", type=int, required=True)
+    again.add_argument("--work", default="outputs/quality_bench")
     merged = sub.add_parser("merge", help="build the table from the saved rows")
     merged.add_argument("--write-readme", action="store_true", help="replace the table in README.md")
     args = parser.parse_args()
     if args.command == "run":
         run_piece(args.arm, args.seed, Path(args.work).resolve(), args.overrides)
+        return 0
+    if args.command == "relength":
+        relength(args.arm, args.seed, Path(args.work).resolve())
         return 0
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     text = merge(rows) + "\n\nCommands: `python benchmarks/quality_bench.py run --arm ARM --seed S` per piece, then " \
