@@ -139,7 +139,7 @@ def relength(arm: str, seed: int, work: Path) -> Path:
         raise RuntimeError(f"evaluate's accuracy {accuracy} differs from the row's {row['test_accuracy']}")
     row.update(length_figures(report["length"]))
     if arm == "general":
-        row["by_source"] = {source: {k: v for k, v in figures.items()} for source, figures in report["by_source"].items()}
+        row["by_source"] = report["by_source"]
     row["length_definition"] = OWN_TOKENS
     row["relength"] = {"commit": git_commit(), "at": datetime.now(timezone.utc).isoformat()}
     path.write_text(json.dumps(row, indent=1) + "\n")
@@ -203,7 +203,7 @@ def merge(rows: list[dict]) -> str:
             f"| {mean_std([r['reward_length_correlation'] for r in group], 2)} |")
     devices = sorted({r["device"] for r in rows})
     dates = sorted(r["started"][:10] for r in rows)
-    # Pair counts by our encoder's response tokens (TRL's rows count with its own tokenization: a few differ).
+    # Pair counts by our encoder's response tokens (TRL's rows count with TRL's tokenizer and rendering).
     hh_rows = [r for r in rows if r["arm"] != "general"]  # general's dev is three sources, not the test split alone
     first = next((r for r in hh_rows if r["arm"] != "trl"), hh_rows[0] if hh_rows else {})
     notes = [f"Test split: hh-rlhf-harmless/dev.jsonl, {first.get('test_pairs', TEST_PAIRS)} pairs "
