@@ -13,6 +13,8 @@ Arms (`--arm`):
                (seed 0, 2026-11-29) and the main job trains 0.82 pairs/s here (400 pairs in 488 s), so 1200 pairs
                (`data.limit=1200`, ≈ 1460 s); the table prints both training times, so the claim can be checked
   *_length     an arm with the length-disentangled head (`model.length_head.enabled=true`, docs/length.md)
+  rlhf_rm_balanced  the main job's 400 rows, length-balanced (`data.length_balance.mode=downsample`: in each
+               16-token bin of length difference as many chosen-longer as chosen-shorter pairs; 314 pairs remain)
   general      `experiment=general` (HH harmless + OpenAssistant rankings + QA-Feedback ties): its own table,
                test accuracy per source (HH on the test split, OASST on held-out trees, QA on held-out questions)
 
@@ -53,6 +55,7 @@ ARMS = {
     "equal_time": ("rlhf_rm at TRL's training time, 1200 pairs", ["data.limit=1200"]),
     "rlhf_rm_length": ("rlhf_rm 400 pairs + length head", ["model.length_head.enabled=true"]),
     "equal_time_length": ("rlhf_rm 1200 pairs + length head", ["data.limit=1200", "model.length_head.enabled=true"]),
+    "rlhf_rm_balanced": ("rlhf_rm 400 rows, length-balanced pairs (downsample)", ["data.length_balance.mode=downsample"]),
     "general": ("`experiment=general` (HH 250 pairs + OASST 40 trees + QA-Feedback 40 questions)",
                 ["experiment=general"]),
 }

@@ -56,6 +56,14 @@ class ModelConfig:
 
 
 @dataclass
+class LengthBalanceConfig:
+    # Length-balanced train pairs (prepare/length_balance.py, docs/length.md): within each bin of |length difference|
+    # as many "chosen longer" as "chosen shorter" pairs. none | downsample (drop majority pairs) | upsample (repeat)
+    mode: str = "none"
+    bin_tokens: int = 16  # width of a length-difference bin, in response tokens
+
+
+@dataclass
 class DataConfig:
     train: Any = MISSING  # a path (file, directory, glob), or a list of sources {path, format, weight, split, ...}
     dev: Any = None  # the same; each source is one row of the per-source accuracy
@@ -71,6 +79,7 @@ class DataConfig:
     cache: bool = True  # tokenized groups cached as Arrow under $RLHF_RM_CACHE/tokenized (~/.cache/rlhf_rm)
     streaming: bool = False  # true: Ray Data prepares tokenized shards (once, cached) streamed to the workers
     rows_per_unit: int = 50000  # streaming: rows per preparation task (large files are cut into slices)
+    length_balance: LengthBalanceConfig = field(default_factory=LengthBalanceConfig)  # train split only
 
 
 @dataclass

@@ -19,6 +19,7 @@ from rlhf_rm.batching.tokenize import EncodedGroup, ResponseEncoder
 from rlhf_rm.config import DataConfig
 from rlhf_rm.data.load import content_key, load_examples, normalize_source
 from rlhf_rm.prepare import token_cache
+from rlhf_rm.prepare.length_balance import balance_by_length
 from rlhf_rm.prepare.summary import split_summary
 from rlhf_rm.rendering import RenderingSpec
 
@@ -75,6 +76,9 @@ def prepare_split(data: DataConfig, encoder: ResponseEncoder, run_dir: Path, spl
         encoded = unique[start:start + count]
         start += count
         groups.extend(apply_weight(encoded, spec["weight"], seed) if split == "train" else encoded)
+    if split == "train":
+        groups, summary["length_balance"] = balance_by_length(groups, data.length_balance.mode,
+                                                              data.length_balance.bin_tokens, seed)
     summary["groups"] = len(groups)
     kinds, labels = data_shapes(groups)
     return PreparedSplit(split, summary, groups=groups, kinds=kinds, labels=labels)

@@ -154,6 +154,9 @@ def prepare_streamed_split(specs: list[dict], data: DataConfig, backbone_path: s
         raise ValueError("data.limit (or a source's limit) is not applied when streaming (data.streaming=true): "
                          "prepare a smaller file, "
                          "or bound the run with trainer.max_steps")
+    if data.length_balance.mode != "none":
+        raise ValueError(f"data.length_balance.mode={data.length_balance.mode} needs the whole train split in memory;"
+                         " it is not applied when streaming (data.streaming=true)")
     with _entry_lock(entry):  # another run preparing the same entry finishes first; we then reuse it
         manifest_path = entry / MANIFEST
         if reuse and manifest_path.exists():

@@ -8,6 +8,7 @@ source's DataReport.as_dict()), `groups` and `cache`.
 from __future__ import annotations
 
 from rlhf_rm.data.load import DataReport
+from rlhf_rm.prepare.length_balance import format_length_balance
 
 SUMMARY_COUNTS = ("rows_read", "used", "examples", "other_split", "without_comparison", "deduplicated",
                   "duplicate_examples", "dev_overlap", "dropped_dev_overlap", "ties", "chat_examples", "quarantined")
@@ -54,6 +55,8 @@ def format_data_summary(split: str, summary: dict) -> str:
         for name, report in summary["sources"].items():
             if report["quarantined"]:
                 line += f"\n    {name}: {report['quarantined_by_reason']} → {report['quarantine_file']}"
+    if summary.get("length_balance"):
+        line += "\n" + format_length_balance(summary["length_balance"])
     cache = summary["cache"]
     if cache["path"]:
         line += f"\n  tokenized cache: {'hit' if cache['hit'] else 'written'} {cache['path']}"
