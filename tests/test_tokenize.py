@@ -161,3 +161,8 @@ def test_response_lengths_are_each_texts_own_tokens_when_truncation_cuts_the_pro
     assert (pairs.chosen_lengths, pairs.rejected_lengths) == ([len(alone[0])], [len(alone[1])])
     assert collate([group], tiny_tokenizer.pad_token_id).response_lengths.tolist() == group.lengths()
     assert table_to_groups(groups_to_table([group]))[0].lengths() == group.lengths()  # survives the token cache
+    # The dev report's worst-pairs table shows each reply as scored alone, not with the prompt tokens it carries.
+    from rlhf_rm.training.dev_report import worst_pair_row
+
+    shown = worst_pair_row({"id": 0, "margin": 1.0, "chosen": 1.0, "rejected": 0.0}, group, tiny_tokenizer)
+    assert shown[-2:] == [tiny_tokenizer.decode(a) for a in alone]
