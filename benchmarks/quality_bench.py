@@ -14,7 +14,7 @@ Arms (`--arm`):
                (`data.limit=1200`, ≈ 1460 s); the table prints both training times, so the claim can be checked
   *_length     an arm with the length-disentangled head (`model.length_head.enabled=true`, docs/length.md)
   rlhf_rm_balanced  the main job's 400 rows, length-balanced (`data.length_balance.mode=downsample`: in each
-               16-token bin of length difference as many chosen-longer as chosen-shorter pairs; 314 pairs remain)
+               16-token bin of length difference as many chosen-longer as chosen-shorter pairs; 319 pairs remain)
   general      `experiment=general` (HH harmless + OpenAssistant rankings + QA-Feedback ties): its own table,
                test accuracy per source (HH on the test split, OASST on held-out trees, QA on held-out questions)
 

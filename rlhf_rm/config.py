@@ -267,6 +267,20 @@ def as_dict(settings) -> dict:
     return dataclasses.asdict(settings)
 
 
+def _validate_length_balance(data: DataConfig) -> None:
+    """data.length_balance, checked before any file is read (prepare/length_balance.py checks again)."""
+    from rlhf_rm.prepare.length_balance import MODES
+
+    balance = data.length_balance
+    if balance.mode not in MODES:
+        raise ConfigError(f"data.length_balance.mode={balance.mode!r}: choose one of {list(MODES)}")
+    if balance.bin_tokens < 1:
+        raise ConfigError(f"data.length_balance.bin_tokens={balance.bin_tokens}: must be at least 1")
+    if balance.mode != "none" and data.streaming:
+        raise ConfigError(f"data.length_balance.mode={balance.mode} needs the whole train split in memory; "
+                          "it is not applied when streaming (data.streaming=true)")
+
+
 def validate(settings: TrainConfig) -> None:
     """What types cannot say: choices, ranges, and that the configured loss exists and accepts its parameters."""
     from rlhf_rm.losses import build_loss
@@ -294,6 +308,7 @@ def validate(settings: TrainConfig) -> None:
         raise ConfigError("model.lora.enabled=true: LoRA with DeepSpeed ZeRO-3 cannot save a merged checkpoint; "
                           "use deepspeed=zero2 (adapters are small) or no DeepSpeed")
     _validate_length_head(settings.model.length_head, settings.deepspeed.enabled and zero_stage == 3)
+    _validate_length_balance(settings.data)
     if not isinstance(settings.loss, dict) or "name" not in settings.loss:
         raise ConfigError(f"loss must be a mapping with a name, got {settings.loss!r}")
     try:

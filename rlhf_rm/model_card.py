@@ -20,7 +20,7 @@ EVALUATION_ROWS = (
     ("reward_std", "reward std"),
 )
 ACCOUNTING = ("rows_read", "used", "examples", "quarantined", "deduplicated", "dropped_dev_overlap",
-              "other_split", "without_comparison", "prompt_truncated", "response_truncated", "ties")
+              "other_split", "without_comparison", "prompt_truncated", "response_truncated", "ties", "groups")
 
 
 def fmt(value) -> str:
@@ -101,6 +101,12 @@ def _data_section(metadata: dict) -> str:
     for key in ACCOUNTING:
         if any(key in s for s in summary.values()):
             lines.append(f"| {key} | " + " | ".join(fmt(s.get(key)) for s in summary.values()) + " |")
+    balance = summary.get("train", {}).get("length_balance")
+    if balance:
+        from rlhf_rm.prepare.length_balance import format_length_balance
+
+        lines += ["", f"Length-balanced train pairs (`data.length_balance`) "
+                      f"{format_length_balance(balance).strip().removeprefix('length balance ')}."]
     return "\n".join(lines)
 
 

@@ -114,7 +114,7 @@ def validate(args: argparse.Namespace) -> int:
         print(f"FAIL: {bad} bad rows would stop training (data.on_error=raise); fix them, or train with "
               "data.on_error=skip to quarantine them")
         return 1
-    print(f"OK: {summaries['train']['examples']} examples would train"
+    print(f"OK: {summaries['train']['groups']} examples would train"
           + (f"; {bad} bad rows would be quarantined (data.on_error=skip)" if bad else ""))
     return 0
 

@@ -109,10 +109,14 @@ def test_unknown_keys_and_wrong_types_fail_at_composition(override, message):
     ("batching.attention=flex", "needs a tree layout"),
     ("+loss.coefficent=0.1", "loss="),
     ("model.lora.enabled=true", "LoRA with DeepSpeed ZeRO-3"),
+    ("data.length_balance.mode=even", "data.length_balance.mode='even': choose one of"),
+    ("data.length_balance.bin_tokens=0", "data.length_balance.bin_tokens=0"),
+    ("data.length_balance.mode=downsample", "not applied when streaming"),
 ])
 def test_invalid_settings_fail_at_start_up(override, message):
     overrides = [override] + (["batching.layout=separate"] if "flex" in override else []) \
-        + (["deepspeed=zero3"] if "lora" in override else [])
+        + (["deepspeed=zero3"] if "lora" in override else []) \
+        + (["data.streaming=true"] if override == "data.length_balance.mode=downsample" else [])
     with pytest.raises(ConfigError, match=message):
         settings_from(compose(overrides))
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections import Counter
+from dataclasses import asdict
 
 import pytest
 
@@ -134,5 +136,28 @@ def test_streaming_refuses_length_balance_at_start_up(tmp_path):
     from rlhf_rm.prepare.streaming import prepare_streamed_split
 
     cfg = DataConfig(train="x.jsonl", streaming=True, length_balance=LengthBalanceConfig(mode="upsample"))
-    with pytest.raises(ValueError, match="not applied when streaming"):
+    with pytest.raises(ValueError, match="length_balance.mode=upsample needs the whole train split"):
         prepare_streamed_split([], cfg, "backbone", tmp_path, tmp_path / "entry", None, workers=1)
+
+
+def test_the_model_card_and_the_resume_contract_know_about_balancing():
+    from rlhf_rm.config import DataConfig, LengthBalanceConfig, TrainConfig
+    from rlhf_rm.model_card import _data_section
+    from rlhf_rm.prepare.length_balance import format_length_balance
+    from rlhf_rm.training.checkpoints import resume_contract
+
+    _, report = balance_by_length(skewed_pairs(), "upsample", bin_tokens=16, seed=0)
+    assert "minority-direction pairs repeated" in format_length_balance(report)
+    summary = {"train": {"examples": 300, "groups": report["groups"], "length_balance": report}, "dev": {"examples": 9}}
+    card = _data_section({"data_summary": summary, "data": {"train": "t.jsonl"}})
+    assert "Length-balanced train pairs (`data.length_balance`) (upsample, bins of 16 tokens)" in card
+    assert f"| groups | {report['groups']} | None |" in card
+
+    def contract(mode):
+        data = DataConfig(train="t.jsonl", length_balance=LengthBalanceConfig(mode=mode))
+        return resume_contract(TrainConfig(data=data), world=2, total_steps=10)["data"]
+
+    assert contract("downsample") != contract("none")  # a resume under other balancing is refused
+    # The default leaves the data digest as checkpoints saved before the option existed have it.
+    older = {k: v for k, v in asdict(DataConfig(train="t.jsonl")).items() if k not in ("cache", "length_balance")}
+    assert contract("none") == hashlib.sha256(json.dumps(older, sort_keys=True, default=str).encode()).hexdigest()[:16]

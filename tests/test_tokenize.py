@@ -166,3 +166,4 @@ def test_response_lengths_are_each_texts_own_tokens_when_truncation_cuts_the_pro
 
     shown = worst_pair_row({"id": 0, "margin": 1.0, "chosen": 1.0, "rejected": 0.0}, group, tiny_tokenizer)
     assert shown[-2:] == [tiny_tokenizer.decode(a) for a in alone]
+    assert shown[-3].endswith("Assistant:")  # and the prompt column ends where the prompt ends

@@ -6,8 +6,10 @@ the longer one in most near-equal pairs; a reward trained on that learns length.
 |len(chosen) − len(rejected)| (Singhal et al. 2023, "A Long Way to Go: Investigating Length Correlations in
 RLHF", arXiv:2310.03716, §5 "length balancing") leaves no bin in which length predicts the label:
   downsample  keep a seeded subset of the majority direction of each bin (the paper's intervention; fewer pairs)
-  upsample    repeat seeded minority-direction pairs until each bin is even (more steps; every pair is kept
-              but those of a bin with no pair of the other direction, which no repeat can even out)
+  upsample    repeat seeded minority-direction pairs until each bin is even (every pair is kept but those of a
+              bin with no pair of the other direction, which no repeat can even out). A repeat has its pair's
+              length, and steps group similar lengths, so copies mostly share a step: in effect a larger loss
+              weight on those pairs, not extra independent steps.
 Lengths are response tokens as a single-text scorer counts them (EncodedGroup.lengths). Pairs of equal length,
 ties and rankings are kept as they are. Nothing is dropped silently: the counts go into the split's summary.
 """

@@ -37,7 +37,7 @@ class PreparedSplit:
 
     @property
     def count(self) -> int:
-        """Groups an epoch sees (after source weights)."""
+        """Groups an epoch sees (after source weights and length balancing)."""
         return len(self.groups) if self.groups is not None else self.summary["groups"]
 
     @property
@@ -64,8 +64,8 @@ def prepare_splits(data: DataConfig, encoder: ResponseEncoder, run_dir: Path, se
 
 def prepare_split(data: DataConfig, encoder: ResponseEncoder, run_dir: Path, split: str, seed: int = 0
                   ) -> PreparedSplit:
-    """Read, validate, deduplicate and encode one split (data.train or data.dev); source weights apply to
-    the train split after the cache."""
+    """Read, validate, deduplicate and encode one split (data.train or data.dev); source weights and length
+    balancing apply to the train split after the cache."""
     dev_keys = dev_content_keys(data, encoder, run_dir) if split == "train" else None
     specs = source_specs(data.train if split == "train" else data.dev)
     limit = data.limit if split == "train" else data.dev_limit

@@ -2,7 +2,8 @@
 
 Built by `split_summary` only, for in-memory, cached and streamed splits alike, so every summary has the
 same keys: the SUMMARY_COUNTS, quarantined_by_reason, prompt/response truncation, `sources` (each
-source's DataReport.as_dict()), `groups` and `cache`.
+source's DataReport.as_dict()), `groups` and `cache`; an in-memory train split adds `length_balance` (None when
+off; prepare/length_balance.py), applied after the cache like source weights.
 """
 
 from __future__ import annotations

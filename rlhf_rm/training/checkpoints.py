@@ -99,6 +99,8 @@ def resume_contract(settings, world: int, total_steps: int) -> dict:
         return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     data = {k: v for k, v in asdict(settings.data).items() if k != "cache"}
+    if data["length_balance"]["mode"] == "none":  # absent before it existed: older checkpoints still resume
+        del data["length_balance"]
     return {"world_size": world, "max_steps": settings.trainer.max_steps, "epochs": settings.trainer.epochs,
             "seed": settings.seed, "planned_steps": total_steps, "data": digest(data),
             "batching": digest(asdict(settings.batching)), "model": digest(asdict(settings.model)),

@@ -48,10 +48,13 @@ def worst_pair_row(row: dict, group, tokenizer=None, prompt_tail_tokens: int = 4
     if tokenizer is None:
         return scores
     first, second = (0, 1) if group.probability > 0.5 else (1, 0)
-    # Each reply's own tokens: where truncation cut a pair's prompt at two places, response_ids start with some.
-    own = [ids[len(ids) - n:] for ids, n in zip(group.response_ids, group.lengths())]
-    return [*scores, tokenizer.decode(group.prompt_ids[-prompt_tail_tokens:]),
-            tokenizer.decode(own[first]), tokenizer.decode(own[second])]
+    # Each reply's own tokens: where truncation cut a pair's prompt at two places, response_ids start with the
+    # rest of the prompt, which belongs to the prompt column.
+    cut = [len(ids) - n for ids, n in zip(group.response_ids, group.lengths())]
+    prompt = group.prompt_ids + group.response_ids[first][:cut[first]]
+    return [*scores, tokenizer.decode(prompt[-prompt_tail_tokens:]),
+            tokenizer.decode(group.response_ids[first][cut[first]:]),
+            tokenizer.decode(group.response_ids[second][cut[second]:])]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
