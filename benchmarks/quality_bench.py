@@ -26,6 +26,7 @@ longer" / "chosen shorter", by response tokens) is reported for every arm.
     python benchmarks/quality_bench.py run --arm equal_time --seed 0
     python benchmarks/quality_bench.py merge [--write-readme]
     python benchmarks/quality_bench.py relength --arm rlhf_rm --seed 0   # see relength()
+    python benchmarks/quality_bench.py on-general --seed 0   # make train's checkpoint on general's test sources
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "quality"
+ON_GENERAL = RESULTS / "on_general"  # HH-only checkpoints scored on experiment=general's test sources
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import train_bench  # noqa: E402  (the TRL run is the same code as the throughput benchmark's baseline)
@@ -151,6 +153,31 @@ def relength(arm: str, seed: int, work: Path) -> Path:
     return path
 
 
+def on_general(arm: str, seed: int, work: Path, report_dir: Path | None = None) -> Path:
+    """Score an HH-only arm's saved checkpoint on experiment=general's three test sources (`rlhf_rm.evaluate
+    CKPT data=general`): the comparison row of the general table. `report_dir`: an evaluate report already made."""
+    row = json.loads((RESULTS / f"{arm}-seed{seed}.json").read_text())
+    checkpoint = work / f"{arm}-seed{seed}" / "rlhf_rm" / "checkpoint"
+    if report_dir is None:
+        report_dir = work / f"{arm}-seed{seed}" / "on_general"
+        subprocess.run([sys.executable, "-m", "rlhf_rm.evaluate", str(checkpoint), "data=general",
+                        f"hydra.run.dir={report_dir}"], cwd=ROOT, check=True)
+    report = json.loads((report_dir / "report.json").read_text())
+    if Path(report["checkpoint"]).resolve() != checkpoint.resolve():
+        raise RuntimeError(f"{report_dir} scored {report['checkpoint']}, not {checkpoint}")
+    hh = report["by_source"]["hh_rlhf"]["accuracy"]
+    if abs(hh - row["test_accuracy"]) > 1e-9:  # the same checkpoint on the same HH test pairs: the same scores
+        raise RuntimeError(f"evaluate's HH accuracy {hh} differs from the row's {row['test_accuracy']}")
+    out = {"arm": arm, "label": row["label"], "seed": seed, "commit": git_commit(),
+           "at": datetime.now(timezone.utc).isoformat(), "checkpoint_commit": row["commit"],
+           "by_source": report["by_source"], "evaluate_seconds": report["seconds"]}
+    ON_GENERAL.mkdir(parents=True, exist_ok=True)
+    path = ON_GENERAL / f"{arm}-seed{seed}.json"
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps({k: out[k] for k in ("arm", "seed", "by_source")}), flush=True)
+    return path
+
+
 def length_figures(length: dict) -> dict:
     return {key: length[key] for key in ("longer_chosen_accuracy", "longer_chosen_pairs", "shorter_chosen_accuracy",
                                          "shorter_chosen_pairs", "reward_length_correlation")}
@@ -217,23 +244,31 @@ def merge(rows: list[dict]) -> str:
              f"rows: benchmarks/results/quality/*.json (seed, commit, load average each)."]
     text = "\n".join(lines) + "\n\n" + "\n".join(notes)
     if "general" in by_arm:
-        text += "\n\n" + merge_general(sorted(by_arm["general"], key=lambda r: r["seed"]))
+        cross = [json.loads(p.read_text()) for p in sorted(ON_GENERAL.glob("*.json"))]
+        text += "\n\n" + merge_general(sorted(by_arm["general"], key=lambda r: r["seed"]), cross)
     return text
 
 
-def merge_general(group: list[dict]) -> str:
-    """experiment=general's table: one row per dev source (each held out its own way, see the arm's doc)."""
-    def figure(source: str, key: str) -> str:
-        return mean_std([r["by_source"].get(source, {}).get(key) for r in group])
+def merge_general(group: list[dict], cross: list[dict] = ()) -> str:
+    """experiment=general's table: one row per dev source (each held out its own way, see the arm's doc), and
+    beside it the HH-only checkpoints scored on the same sources (`on-general` rows), if any."""
+    def figure(source: str, key: str, rows=group) -> str:
+        return mean_std([r["by_source"].get(source, {}).get(key) for r in rows])
+
+    cross_arm = cross[0]["arm"] if cross else None
+    cross = sorted([r for r in cross if r["arm"] == cross_arm], key=lambda r: r["seed"])
 
     lines = [f"`experiment=general`, {len(group)} seed(s) ({', '.join(str(r['seed']) for r in group)}), "
              f"{round(statistics.mean(r['train_pairs'] for r in group))} training groups, training loop "
              f"{statistics.mean(r['train_seconds'] for r in group):.0f} s, job {statistics.mean(r['job_seconds'] for r in group):.0f} s:",
-             "", "| test source | pairs | test accuracy | chosen longer | chosen shorter |", "|---|---|---|---|---|"]
+             "", "| test source | pairs | test accuracy | chosen longer | chosen shorter |"
+             + (f" HH-only `{cross_arm}` checkpoint, same pairs ({len(cross)} seed(s)) |" if cross else ""),
+             "|---|---|---|---|---|" + ("---|" if cross else "")]
     for source in GENERAL_SOURCES:
         lines.append(f"| {source} | {group[0]['by_source'].get(source, {}).get('pairs', 0)} "
                      f"| {figure(source, 'accuracy')} | {figure(source, 'longer_chosen_accuracy')} "
-                     f"| {figure(source, 'shorter_chosen_accuracy')} |")
+                     f"| {figure(source, 'shorter_chosen_accuracy')} |"
+                     + (f" {figure(source, 'accuracy', cross)} |" if cross else ""))
     lines.append(f"\nQA-Feedback's ties ({group[0].get('ties')}) are left out of pair accuracy; tie-aware accuracy over "
                  f"every dev pair of the three sources, ties included: "
                  f"{mean_std([r.get('tie_aware_accuracy') for r in group])}.")
@@ -252,6 +287,11 @@ def main() -> int:
     again.add_argument("--arm", choices=sorted(a for a in ARMS if a != "trl"), required=True)
     again.add_argument("--seed", type=int, required=True)
     again.add_argument("--work", default="outputs/quality_bench")
+    cross = sub.add_parser("on-general", help="score an HH-only arm's checkpoint on experiment=general's sources")
+    cross.add_argument("--arm", choices=sorted(a for a in ARMS if a not in ("trl", "general")), default="rlhf_rm")
+    cross.add_argument("--seed", type=int, required=True)
+    cross.add_argument("--work", default="outputs/quality_bench")
+    cross.add_argument("--report", help="an evaluate report directory of that checkpoint with data=general")
     merged = sub.add_parser("merge", help="build the table from the saved rows")
     merged.add_argument("--write-readme", action="store_true", help="replace the table in README.md")
     args = parser.parse_args()
@@ -261,8 +301,12 @@ def main() -> int:
     if args.command == "relength":
         relength(args.arm, args.seed, Path(args.work).resolve())
         return 0
+    if args.command == "on-general":
+        on_general(args.arm, args.seed, Path(args.work).resolve(), Path(args.report) if args.report else None)
+        return 0
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-    text = merge(rows) + "\n\nCommands: `python benchmarks/quality_bench.py run --arm ARM --seed S` per piece, then " \
+    text = merge(rows) + "\n\nCommands: `python benchmarks/quality_bench.py run --arm ARM --seed S` per piece " \
+                         "(`on-general --seed S`: the HH-only checkpoint on general's sources), then " \
                          "`python benchmarks/quality_bench.py merge --write-readme`"
     print(text)
     if args.write_readme:
