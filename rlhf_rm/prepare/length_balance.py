@@ -4,7 +4,7 @@ difference, hold as many "chosen longer" as "chosen shorter" pairs.
 On HH-RLHF harmless the chosen reply is the shorter one in most pairs whose replies differ a lot in length and
 the longer one in most near-equal pairs; a reward trained on that learns length. Balancing per bin of
 |len(chosen) − len(rejected)| (Singhal et al. 2023, "A Long Way to Go: Investigating Length Correlations in
-RLHF", arXiv:2310.03716, §5 "length balancing") leaves no bin in which length predicts the label:
+RLHF", arXiv:2310.03716: length balancing) leaves no bin in which length predicts the label:
   downsample  keep a seeded subset of the majority direction of each bin (the paper's intervention; fewer pairs)
   upsample    repeat seeded minority-direction pairs until each bin is even (every pair is kept but those of a
               bin with no pair of the other direction, which no repeat can even out). A repeat has its pair's
