@@ -133,12 +133,7 @@ def relength(arm: str, seed: int, work: Path) -> Path:
     checkpoint and the same test sources; accuracy is unchanged (same scores), only the split's counting."""
     path = RESULTS / f"{arm}-seed{seed}.json"
     row = json.loads(path.read_text())
-    run_dir = work / f"{arm}-seed{seed}" / "rlhf_rm"
-    report_dir = work / f"{arm}-seed{seed}" / "relength"
-    data = ["data=general"] if arm == "general" else []
-    subprocess.run([sys.executable, "-m", "rlhf_rm.evaluate", str(run_dir / "checkpoint"), *data,
-                    f"hydra.run.dir={report_dir}"], cwd=ROOT, check=True)
-    report = json.loads((report_dir / "report.json").read_text())
+    report = evaluate_checkpoint(arm, seed, work, "relength", ["data=general"] if arm == "general" else [])
     accuracy = report["rewards"]["accuracy"]
     if abs(accuracy - row["test_accuracy"]) > 1e-9:  # the same checkpoint on the same pairs: the same scores
         raise RuntimeError(f"evaluate's accuracy {accuracy} differs from the row's {row['test_accuracy']}")
@@ -153,18 +148,26 @@ def relength(arm: str, seed: int, work: Path) -> Path:
     return path
 
 
-def on_general(arm: str, seed: int, work: Path, report_dir: Path | None = None) -> Path:
-    """Score an HH-only arm's saved checkpoint on experiment=general's three test sources (`rlhf_rm.evaluate
-    CKPT data=general`): the comparison row of the general table. `report_dir`: an evaluate report already made."""
-    row = json.loads((RESULTS / f"{arm}-seed{seed}.json").read_text())
+def evaluate_checkpoint(arm: str, seed: int, work: Path, name: str, data: list[str],
+                        report_dir: Path | None = None) -> dict:
+    """`rlhf_rm.evaluate` on an arm's saved checkpoint into <work>/<arm>-seed<seed>/<name>; its report.json.
+    `report_dir`: a report already made (checked to be of that checkpoint) instead of a new run."""
     checkpoint = work / f"{arm}-seed{seed}" / "rlhf_rm" / "checkpoint"
     if report_dir is None:
-        report_dir = work / f"{arm}-seed{seed}" / "on_general"
-        subprocess.run([sys.executable, "-m", "rlhf_rm.evaluate", str(checkpoint), "data=general",
+        report_dir = work / f"{arm}-seed{seed}" / name
+        subprocess.run([sys.executable, "-m", "rlhf_rm.evaluate", str(checkpoint), *data,
                         f"hydra.run.dir={report_dir}"], cwd=ROOT, check=True)
     report = json.loads((report_dir / "report.json").read_text())
     if Path(report["checkpoint"]).resolve() != checkpoint.resolve():
         raise RuntimeError(f"{report_dir} scored {report['checkpoint']}, not {checkpoint}")
+    return report
+
+
+def on_general(arm: str, seed: int, work: Path, report_dir: Path | None = None) -> Path:
+    """Score an HH-only arm's saved checkpoint on experiment=general's three test sources (`rlhf_rm.evaluate
+    CKPT data=general`): the comparison row of the general table. `report_dir`: an evaluate report already made."""
+    row = json.loads((RESULTS / f"{arm}-seed{seed}.json").read_text())
+    report = evaluate_checkpoint(arm, seed, work, "on_general", ["data=general"], report_dir)
     hh = report["by_source"]["hh_rlhf"]["accuracy"]
     if abs(hh - row["test_accuracy"]) > 1e-9:  # the same checkpoint on the same HH test pairs: the same scores
         raise RuntimeError(f"evaluate's HH accuracy {hh} differs from the row's {row['test_accuracy']}")
