@@ -147,6 +147,8 @@ def parse_args(argv):
     parser.add_argument("--single-calls", type=int, default=100,
                         help="sequential single-text calls of the one-caller rows (and of the bare single forward)")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
+                        help="HTTP through Serve's Python proxy or HAProxy (serve config `ingress`)")
     parser.add_argument("--batch-wait", type=float, default=None,
                         help="the pool's batch_wait_timeout_s (default: the shipped one)")
     parser.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
@@ -182,7 +184,7 @@ def main(argv=None) -> int:
 
     model = checkpoint if args.checkpoint else f"random Llama h{args.hidden} l{args.layers}"
     print(f"\nmodel: {model}; {args.texts} texts, mean {mean_tokens:.0f} tokens (max_length {scorer.spec.max_length}); "
-          f"torch threads {args.threads}; bare forward best at tokens_per_forward={best_tokens}; "
+          f"torch threads {args.threads}; ingress {args.ingress}; bare forward best at tokens_per_forward={best_tokens}; "
           f"mean pool batch {batches['texts'] / max(1, batches['count']):.1f} texts; "
           f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     print_tables(args, rows, stages, bare_rate, bare_single_ms)
@@ -198,7 +200,8 @@ def start_pool(args, checkpoint: str, tokens_per_forward: int):
     ray.init(num_cpus=os.cpu_count() + 2, include_dashboard=False, log_to_driver=False)
     os.environ.pop("RLHF_RM_SERVE_TOKEN", None)
     wait = {} if args.batch_wait is None else {"batch_wait_timeout_s": args.batch_wait}  # else the shipped default
-    config = ServeConfig(app_name="rm_bench", port=args.port, num_replicas=1, num_cpus_per_replica=1,
+    config = ServeConfig(app_name="rm_bench", port=args.port, ingress=args.ingress, num_replicas=1,
+                         num_cpus_per_replica=1,
                          torch_threads=args.threads,
                          live=LiveSettings(checkpoint=checkpoint, max_batch_size=256,
                                            tokens_per_forward=tokens_per_forward, **wait))
@@ -211,11 +214,14 @@ def bench_pool(args, checkpoint: str, tokens_per_forward: int, prompts, response
     import ray
     from ray import serve
 
+    from rlhf_rm.serve import RewardClient
+
     handle, url = start_pool(args, checkpoint, tokens_per_forward)
     singles = args.single_calls
+    client = RewardClient("rm_bench")  # what a PPO actor holds: small calls over Serve's gRPC transport
 
     async def via_handle(p, r):
-        return (await handle.score.remote(p, r))["scores"]
+        return await client.ascore(p, r)
 
     async def run_all():
         async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=256)) as http:

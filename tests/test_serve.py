@@ -345,6 +345,28 @@ def test_bad_inputs_get_clear_answers_and_replicas_keep_serving(pool, direct):
         assert len(http.post("/score", json={"responses": ["still here"]}).json()["scores"]) == 1
 
 
+def test_client_handle_uses_grpc_for_small_calls_and_the_object_store_for_large_ones(pool, direct, texts):
+    """RewardClient's handle path: small calls over Serve's gRPC transport (faster), calls too large for a gRPC
+    message through Ray's object store; both score exactly, and bad input raises at once, not retried."""
+    from rlhf_rm.serve import RewardClient
+    from rlhf_rm.serve.client import GRPC_MAX_TEXT_CHARS
+    from rlhf_rm.serve.protocol import BadRequest
+
+    prompts, responses = texts
+    client = RewardClient(APP, retries=3, backoff_s=20)
+    response = client._handle_for(prompts, responses).score.remote(prompts, responses)
+    assert not response.by_reference and len(response.result()["scores"]) == len(prompts)
+    assert_scores(client.score(prompts, responses), expected(direct[0], prompts, responses))
+    long_responses = [("A long answer, word after word. " * 6000)[:190_000 + i] for i in range(3)]
+    assert sum(map(len, long_responses)) > GRPC_MAX_TEXT_CHARS  # > 4 MiB for gRPC when UTF-8 is wide
+    assert client._handle_for(prompts[:3], long_responses).score.remote(["p"], ["r"]).by_reference
+    assert_scores(client.score(prompts[:3], long_responses), expected(direct[0], prompts[:3], long_responses))
+    started = time.monotonic()
+    with pytest.raises(BadRequest, match="max_text_chars"):
+        client.score(["hi"], ["x" * 200_001])  # under the gRPC cap, over the pool's per-text limit
+    assert time.monotonic() - started < 15, "bad input was retried (backoff 20 s)"
+
+
 # -- concurrency from Ray actors --------------------------------------------------------------------
 def _make_caller():
     import ray
@@ -462,7 +484,12 @@ class PlainCallers:
         with self.pool.http() as http:
             i = index
             while not self.stop.is_set():
-                reply = http.post("/score", json={"prompts": [prompts[i % 12]], "responses": [responses[i % 12]]})
+                try:
+                    reply = http.post("/score", json={"prompts": [prompts[i % 12]], "responses": [responses[i % 12]]})
+                except httpx.TransportError as error:  # no answer at all: worse than a 500, and counted as one
+                    self.answers.append((i % 12, type(error).__name__, None, None, None))
+                    i += 1
+                    continue
                 scores = reply.json()["scores"] if reply.status_code == 200 else None
                 self.answers.append((i % 12, reply.status_code, reply.headers.get("retry-after"),
                                      reply.headers.get("x-rlhf-rm-retries"), scores))

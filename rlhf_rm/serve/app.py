@@ -24,14 +24,17 @@ def http_options(config: ServeConfig) -> dict:
     return options
 
 
-def controller_options() -> dict:
-    """The Serve controller's environment, which its HTTP proxies inherit: they retry a request whose replica
-    died and answer 503 + Retry-After, never a bare 500 (proxy_retry.py). Only applies when this call starts
-    Serve; a Serve started elsewhere needs the variable set where it starts."""
+def controller_options(ingress: str = "proxy") -> dict:
+    """The Serve controller's environment, which its HTTP proxies (or HAProxy manager) and replicas inherit:
+    a request whose replica died is retried and otherwise answered 503 + Retry-After, never a bare 500
+    (proxy_retry.py; haproxy_ingress.py with ingress=haproxy). Only applies when this call starts Serve; a
+    Serve started elsewhere needs the variables set where it starts."""
+    from rlhf_rm.serve.haproxy_ingress import controller_env
     from rlhf_rm.serve.proxy_retry import IMPORT_PATH
 
     variable = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
-    return {"runtime_env": {"env_vars": {variable: os.environ.get(variable, IMPORT_PATH)}}}
+    env = {variable: os.environ.get(variable, IMPORT_PATH), **controller_env(ingress)}
+    return {"runtime_env": {"env_vars": env}}
 
 
 def build_app(config: ServeConfig, token_sha256: str | None):
@@ -68,7 +71,7 @@ def start(config: ServeConfig):
 
     if not ray.is_initialized():
         ray.init(address=config.ray_address, include_dashboard=False)
-    serve.start(http_options=http_options(config), controller_options=controller_options())
+    serve.start(http_options=http_options(config), controller_options=controller_options(config.ingress))
     running = _running_app(config.app_name)
     token_sha256 = _token_sha256(config.token_env)
     if token_sha256 is None and running is not None:
@@ -81,7 +84,22 @@ def start(config: ServeConfig):
     if serving and serving != config.live.checkpoint and not config.live.fallback_checkpoint:
         # A reload: replicas that refuse the new checkpoint (parity certificate) keep serving this one.
         config = dataclasses.replace(config, live=dataclasses.replace(config.live, fallback_checkpoint=serving))
-    return serve.run(build_app(config, token_sha256), name=config.app_name, route_prefix=config.route_prefix)
+    handle = serve.run(build_app(config, token_sha256), name=config.app_name, route_prefix=config.route_prefix)
+    _warn_if_ingress_differs(config)
+    return handle
+
+
+def _warn_if_ingress_differs(config: ServeConfig) -> None:
+    """Ingress is fixed when Serve starts, so a redeploy into a running Serve keeps its mode. Said, not raised:
+    a hot reload or a training run's publish need not repeat the mode the pool was started with."""
+    import warnings
+
+    running = _running_app(config.app_name)
+    ingress = running.get("ingress") if running else None
+    if ingress and ingress != config.ingress:
+        warnings.warn(f"serve app {config.app_name!r} runs with ingress={ingress} (fixed when Serve started), "
+                      f"not ingress={config.ingress}: to change it, stop Serve (`serve shutdown`) and start again",
+                      stacklevel=3)
 
 
 _UNANSWERED = {"checkpoint": None, "token_sha256": None}  # an app that runs but cannot say what it serves

@@ -36,12 +36,13 @@ class RewardClient:
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
         self._handle = None
+        self._grpc_handle = None
         self._http = None
         self._ahttp = None
 
     def __getstate__(self):
         # Handles and sockets are per process; an actor that receives the client reopens them.
-        return {**self.__dict__, "_handle": None, "_http": None, "_ahttp": None}
+        return {**self.__dict__, "_handle": None, "_grpc_handle": None, "_http": None, "_ahttp": None}
 
     # -- public API ----------------------------------------------------------------------------
     def score(self, prompts: list, responses: list) -> list[float]:
@@ -70,8 +71,9 @@ class RewardClient:
                 return _result_from(self._http.post(f"{self.url}/score_group", json=body, headers=self._headers()))
         else:
             def call():
-                return self._get_handle().score_group.remote(prompt, list(responses), self.normalize,
-                                                             advantages).result(timeout_s=self.timeout_s)
+                handle = self._handle_for([prompt], responses)
+                return handle.score_group.remote(prompt, list(responses), self.normalize,
+                                                 advantages).result(timeout_s=self.timeout_s)
         return self._retry_sync(call)
 
     async def ascore(self, prompts: list, responses: list) -> list[float]:
@@ -84,15 +86,21 @@ class RewardClient:
         if self.url:
             return [self._retry_sync(lambda p=p, r=r: self._http_score(p, r)) for p, r in chunks]
         # Submit every chunk first so they spread over replicas, then collect in order.
-        pending = [(p, r, self._get_handle().score.remote(p, r, self.normalize)) for p, r in chunks]
+        pending = [(p, r, self._handle_for(p, r).score.remote(p, r, self.normalize)) for p, r in chunks]
         return [self._handle_result(p, r, response) for p, r, response in pending]
 
     # -- transports ------------------------------------------------------------------------------
-    def _get_handle(self):
+    def _handle_for(self, prompts, responses):
+        """The app's handle for this call. Small calls (a PPO step's usual ones) go over Serve's gRPC
+        transport straight to the replica: ≈ 1.5 ms less per call than through Ray's object store
+        (docs/serving.md); gRPC caps a message at 4 MiB, so larger calls keep the object store."""
         if self._handle is None:
             from ray import serve
 
             self._handle = serve.get_app_handle(self.app_name)
+            self._grpc_handle = self._handle.options(_by_reference=False)
+        if _text_chars(prompts) + _text_chars(responses) <= GRPC_MAX_TEXT_CHARS:
+            return self._grpc_handle
         return self._handle
 
     def _headers(self) -> dict:
@@ -111,7 +119,7 @@ class RewardClient:
                 if not _retryable(error) or attempt == self.retries:
                     raise
                 time.sleep(self._wait_s(error, attempt))
-                response = self._get_handle().score.remote(prompts, responses, self.normalize)
+                response = self._handle_for(prompts, responses).score.remote(prompts, responses, self.normalize)
 
     def _http_score(self, prompts, responses) -> dict:
         import httpx
@@ -131,7 +139,7 @@ class RewardClient:
         return _result_from(reply)
 
     async def _ahandle_score(self, prompts, responses) -> dict:
-        return await self._get_handle().score.remote(prompts, responses, self.normalize)
+        return await self._handle_for(prompts, responses).score.remote(prompts, responses, self.normalize)
 
     # -- retries -------------------------------------------------------------------------------
     def _retry_sync(self, call):
@@ -169,6 +177,18 @@ class RewardClient:
 
 
 MAX_RETRY_AFTER_S = 60.0
+GRPC_MAX_TEXT_CHARS = 512 * 1024  # ≤ 2 MiB of UTF-8 with its framing: well inside gRPC's 4 MiB per message
+
+
+def _text_chars(items) -> int:
+    """Characters of a call's texts (plain strings, or chats: lists of {"role", "content"} messages)."""
+    total = 0
+    for item in items or ():
+        if isinstance(item, (list, tuple)):
+            total += sum(len(str(message)) for message in item)  # a dict's repr: every field counts
+        else:
+            total += len(str(item))
+    return total
 
 
 class _RetryableHTTPError(RewardServiceError):

@@ -42,6 +42,7 @@ class ServeConfig:
     app_name: str = "rlhf_rm"
     host: str = "127.0.0.1"
     port: int = 8000
+    ingress: str = "proxy"  # proxy (Serve's Python proxy) | haproxy (haproxy_ingress.py); fixed when Serve starts
     route_prefix: str = "/"
     ray_address: str | None = None
     detach: bool = False
@@ -76,6 +77,12 @@ class ServeConfig:
             raise ValueError(f"unknown serve config keys {sorted(unknown)}")
         live = LiveSettings(**(values.pop("live", None) or {}))
         return cls(live=live, **values)
+
+    def __post_init__(self):
+        from rlhf_rm.serve.haproxy_ingress import INGRESS_MODES
+
+        if self.ingress not in INGRESS_MODES:
+            raise ValueError(f"serve ingress must be one of {INGRESS_MODES}, got {self.ingress!r}")
 
 
 def load_serve_config(checkpoint: str | None = None, overrides: list[str] | None = None,

@@ -94,6 +94,11 @@ def _require_token(request: Request) -> None:
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
+def _ingress() -> str:
+    """How HTTP reaches this replica: Serve's Python proxy, or HAProxy (the controller's env, inherited)."""
+    return "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "proxy"
+
+
 def _without_paths(info: dict) -> dict:
     """/info for callers nobody authenticated (a pool without a token): checkpoints by name, not by where
     they sit on the replica's disk."""
@@ -328,13 +333,15 @@ class ScoringDeployment:
                 "max_texts_per_request": self.max_texts,
                 "max_text_chars": self.max_text_chars,
                 "replica": serve.get_replica_context().replica_id.unique_id,
+                "ingress": _ingress(),
                 "pid": os.getpid(),  # for memory sampling (serve_bench --soak) and tests that kill a replica
                 "batches": {"count": self._forward_queue.batches, "texts": self._forward_queue.texts}}
 
     def redeploy_state(self) -> dict:
         """What a redeploy must carry over (app.start reads it through the handle, never over HTTP): the
         checkpoint served now, and the token digest, so a redeploy without the token keeps auth on."""
-        return {"checkpoint": self.scorer.checkpoint if self.scorer else None, "token_sha256": self.token_sha256}
+        return {"checkpoint": self.scorer.checkpoint if self.scorer else None, "token_sha256": self.token_sha256,
+                "ingress": _ingress()}
 
     def check_health(self) -> None:
         if self.scorer is None:

@@ -1,0 +1,140 @@
+"""`ingress: haproxy` on real Ray Serve and a real HAProxy (the binary ray[serve] installs): exact scores and
+auth through it, every socket it opens on loopback, and a replica SIGKILLed under load costing no request
+and no bare 500. Helpers and fixtures come from test_serve.py (same tiny checkpoints, same app name)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+
+from test_serve import (APP, TOKEN, TOKEN_ENV, Load, PlainCallers, Pool, assert_scores,  # noqa: F401 - fixtures
+                        checkpoints, direct, expected, free_port, replica_pids, start_local_ray, texts,
+                        wait_until_running)
+
+
+@pytest.fixture(scope="module")
+def hpool(checkpoints):
+    import ray
+    from ray import serve
+
+    from rlhf_rm.serve.app import start
+    from rlhf_rm.serve.config import LiveSettings, ServeConfig
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        start_local_ray()
+    serve.shutdown()  # ingress is fixed when Serve starts
+    ports = {"RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+             # Ray keeps a replaced ingress replica 30 s so load balancers notice; the tests need not wait.
+             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+    os.environ.update({TOKEN_ENV: TOKEN, **ports})  # RAY_SERVE_HAPROXY_* are passed on to the controller
+    port = free_port()
+    config = ServeConfig(app_name=APP, port=port, ingress="haproxy", num_replicas=2, num_cpus_per_replica=0.5,
+                         token_env=TOKEN_ENV, live=LiveSettings(checkpoint=checkpoints[0], max_batch_size=64,
+                                                                batch_wait_timeout_s=0.01))
+    start(config)
+    yield Pool(config, f"http://127.0.0.1:{port}", *checkpoints), {k: int(v) for k, v in ports.items()}
+    serve.shutdown()
+    for name in (TOKEN_ENV, *ports):
+        os.environ.pop(name, None)
+    if started_ray:
+        ray.shutdown()
+
+
+def haproxy_listening() -> set[tuple[str, int]]:
+    """(address, port) of every listening socket of the HAProxy processes."""
+    found = set()
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] == "haproxy":
+            try:
+                found |= {(c.laddr.ip, c.laddr.port) for c in proc.net_connections("inet")
+                          if c.status == psutil.CONN_LISTEN}
+            except psutil.NoSuchProcess:
+                continue
+    return found
+
+
+def retries_so_far(stats_port: int) -> int:
+    """HAProxy's own count of requests it sent again (retries + redispatches), from its stats page."""
+    text = httpx.get(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=10).text.lstrip("# ")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    return sum(int(row.get("wretr") or 0) + int(row.get("wredis") or 0) for row in rows if row["svname"] == "BACKEND")
+
+
+def test_haproxy_ingress_scores_exactly_with_auth_and_listens_on_loopback_only(hpool, direct, texts):
+    from rlhf_rm.serve import RewardClient
+
+    pool, ports = hpool
+    prompts, responses = texts
+    with pool.http() as http:
+        info = http.get("/info").json()
+        assert info["ingress"] == "haproxy"
+        assert_scores(http.post("/score", json={"prompts": prompts, "responses": responses}).json()["scores"],
+                      expected(direct[0], prompts, responses))
+        reward = http.post("/get_reward", json={"query": [p + r for p, r in zip(prompts[:3], responses[:3])]})
+        assert reward.status_code == 200 and len(reward.json()["rewards"]) == 3
+    with pool.http(token=None) as anonymous:
+        assert anonymous.post("/score", json={"responses": ["x"]}).status_code == 401
+        assert anonymous.get("/health").status_code == 200
+    client = RewardClient(url=pool.url, token_env=TOKEN_ENV)
+    assert_scores(client.score(prompts[:5], responses[:5]), expected(direct[0], prompts[:5], responses[:5]))
+
+    listening = haproxy_listening()
+    wanted = {pool.config.port, ports["RAY_SERVE_HAPROXY_STATS_PORT"], ports["RAY_SERVE_HAPROXY_METRICS_PORT"]}
+    assert wanted <= {port for _, port in listening}, listening
+    assert {address for address, _ in listening} == {"127.0.0.1"}, listening  # Ray's template: stats on *:PORT
+    assert retries_so_far(ports["RAY_SERVE_HAPROXY_STATS_PORT"]) == 0
+
+
+def test_a_redeploy_asking_for_the_other_ingress_is_told_it_keeps_haproxy(hpool):
+    import dataclasses
+
+    from rlhf_rm.serve.app import start
+
+    pool, _ = hpool
+    with pytest.warns(UserWarning, match="runs with ingress=haproxy"):
+        start(dataclasses.replace(pool.config, ingress="proxy"))  # e.g. a hot reload with the default config
+    with pool.http() as http:
+        assert http.get("/info").json()["ingress"] == "haproxy"
+
+
+def test_sigkilled_replica_behind_haproxy_costs_no_request_and_no_500(hpool, direct, texts):
+    """As test_serve's kill test, with HAProxy in front: a request whose replica died is sent again to the
+    other one (HAProxy's stats count it), or answered 503 + Retry-After; never a bare 500."""
+    pool, ports = hpool
+    want = expected(direct[0], *texts)
+    for attempt in range(3):  # a kill between two requests proves nothing: then kill again
+        if attempt:
+            wait_until_running()
+        retried_before = retries_so_far(ports["RAY_SERVE_HAPROXY_STATS_PORT"])
+        pid = next(iter(replica_pids(pool).values()))
+        with Load(pool, texts) as load, PlainCallers(pool, texts, 8) as plain:
+            load.wait_for(4)
+            before = len(plain.answers)
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.time() + 20
+            while len(plain.answers) < before + 80 and time.time() < deadline:
+                time.sleep(0.05)
+            load.wait_for(4)
+        statuses = {status for _, status, *_ in plain.answers}
+        assert statuses <= {200, 503}, statuses
+        assert all(retry_after for _, status, retry_after, *_ in plain.answers if status == 503)
+        for index, status, _, _, scores in plain.answers:
+            if status == 200:
+                assert_scores(scores, [want[index]])
+        assert len(plain.answers) >= before + 80
+        assert load.errors == []
+        for scores in load.results:
+            assert_scores(scores, want[:4])
+        hit = (retries_so_far(ports["RAY_SERVE_HAPROXY_STATS_PORT"]) > retried_before
+               or any(status == 503 for _, status, *_ in plain.answers))
+        if hit:
+            break
+    assert hit, "three kills hit no request in flight: the test proved nothing"
