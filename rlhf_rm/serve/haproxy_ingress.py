@@ -1,5 +1,5 @@
 """`ingress: haproxy`: HTTP goes from HAProxy straight to each replica's own server, without Serve's Python
-proxy (measured in docs/serving.md: the HTTP path's own cost per call drops from ≈ 16 ms to ≈ 6 ms on 2 cores).
+proxy (measured in docs/serving.md: the HTTP path's own cost per call drops from ≈ 15–17 ms to ≈ 7.5 ms on 2 cores).
 
 Ray Serve runs HAProxy when its controller starts with `RAY_SERVE_ENABLE_HA_PROXY=1` and
 `RAY_SERVE_ENABLE_DIRECT_INGRESS=1`. As Ray 2.60 ships it, it breaks promises this pool makes; this module keeps
