@@ -184,7 +184,8 @@ def main(argv=None) -> int:
 
     model = checkpoint if args.checkpoint else f"random Llama h{args.hidden} l{args.layers}"
     print(f"\nmodel: {model}; {args.texts} texts, mean {mean_tokens:.0f} tokens (max_length {scorer.spec.max_length}); "
-          f"torch threads {args.threads}; ingress {args.ingress}; bare forward best at tokens_per_forward={best_tokens}; "
+          f"torch threads {args.threads}; ingress {args.ingress}; "
+          f"bare forward best at tokens_per_forward={best_tokens}; "
           f"mean pool batch {batches['texts'] / max(1, batches['count']):.1f} texts; "
           f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     print_tables(args, rows, stages, bare_rate, bare_single_ms)

@@ -56,18 +56,24 @@ def test_unavailable_response_is_a_complete_503_with_retry_after():
     assert headers["Retry-After"] == "1" and int(headers["Content-Length"]) == len(body.encode())
 
 
-def test_controller_env_switches_haproxy_on_through_the_wrapper(monkeypatch):
+def test_controller_env_switches_haproxy_on_through_the_wrapper(monkeypatch, tmp_path):
     assert controller_env("proxy") == {}
     with pytest.raises(ValueError, match="ingress"):
         controller_env("nginx")
     monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "18404")
     monkeypatch.setenv("RLHF_RM_HAPROXY_ADMIN_HOST", "10.0.0.5")
-    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/opt/haproxy/bin/haproxy")  # an operator's own
+    own = tmp_path / "haproxy"  # an operator's own HAProxy
+    own.write_text("#!/bin/sh\n")
+    own.chmod(0o755)
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(own))
     env = controller_env("haproxy")
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
     assert Path(env["RAY_SERVE_HAPROXY_BINARY_PATH"]).name == SHIM and os.access(env["RAY_SERVE_HAPROXY_BINARY_PATH"],
                                                                               os.X_OK)
-    assert env[REAL_BINARY_ENV] == "/opt/haproxy/bin/haproxy"  # the wrapper runs the operator's binary
+    assert env[REAL_BINARY_ENV] == str(own)  # the wrapper runs the operator's binary
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(tmp_path / "missing"))
+    with pytest.raises(RuntimeError, match="not an HAProxy"):
+        controller_env("haproxy")  # refused where the pool is started, not inside Ray's HAProxy manager
     assert "empty-response" in env["RAY_SERVE_HAPROXY_RETRY_ON"]
     assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404" and env["RLHF_RM_HAPROXY_ADMIN_HOST"] == "10.0.0.5"
 

