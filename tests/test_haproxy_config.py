@@ -45,6 +45,7 @@ def test_rewrite_binds_admin_ports_to_loopback_maps_errors_to_503_and_closes_rep
     assert "500.http" not in out
     assert "    option redispatch 1\n    option http-server-close\n" in out
     assert out.count("http-server-close") == 1
+    assert rewrite_config(out, "127.0.0.1", "/cfg/503-retry.http") == out  # a second pass changes nothing
     assert rewrite_config(RAY_CONFIG, "10.0.0.5", "/e").count("bind 10.0.0.5:") == 2
 
 

@@ -96,6 +96,8 @@ def rewrite_config(text: str, admin_host: str, error_file: str) -> str:
     requests that way). Closing the replica side after each response costs one loopback connect per request."""
     text = _ADMIN_BIND.sub(lambda m: f"{m.group(1)}{admin_host}:{m.group(2)}", text)
     text = _ERRORFILE.sub(lambda m: f"{m.group(1)}{m.group(2)} {error_file}", text)
+    if re.search(r"^\s*option http-server-close\s*$", text, re.MULTILINE):
+        return text  # already edited (Ray restarting HAProxy on an unchanged file)
     return _REDISPATCH.sub(lambda m: f"{m.group(0)}\n{m.group(1)}option http-server-close", text, count=1)
 
 
