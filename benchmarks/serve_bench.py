@@ -2,11 +2,13 @@
 
     python benchmarks/serve_bench.py                       # a built-in small random Llama (no downloads)
     python benchmarks/serve_bench.py --checkpoint outputs/main_320/checkpoint --texts 64
+    python benchmarks/serve_bench.py --device cuda --dtype bf16 --checkpoint <ckpt>   # on a GPU machine
 
 Rows: bare forward (RewardScorer.score_encoded on pre-tokenized texts, best tokens-per-forward of a sweep),
 then the pool through a DeploymentHandle and through HTTP, fed by many concurrent callers; then latency
 of single-text requests at low (1 caller) and high concurrency. One replica with the same torch threads
-as the bare forward, so the ratio is the pool's overhead and nothing else.
+as the bare forward, so the ratio is the pool's overhead and nothing else. Last, batch invariance: the largest
+difference between a text's score alone and inside random batches (bf16 on a GPU is where it shows).
 """
 
 from __future__ import annotations
@@ -147,6 +149,12 @@ def parse_args(argv):
     parser.add_argument("--single-calls", type=int, default=100,
                         help="sequential single-text calls of the one-caller rows (and of the bare single forward)")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda: the bare forward and the replica alike")
+    parser.add_argument("--dtype", default="float32", type=lambda v: {"bf16": "bfloat16", "fp16": "float16",
+                                                                      "fp32": "float32"}.get(v, v),
+                        choices=["float32", "bfloat16", "float16"], help="also bf16 / fp16 / fp32")
+    parser.add_argument("--invariance-shuffles", type=int, default=5,
+                        help="random batchings of the texts for the batch-invariance row (0: skip)")
     parser.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
                         help="HTTP through Serve's Python proxy or HAProxy (serve config `ingress`)")
     parser.add_argument("--batch-wait", type=float, default=None,
@@ -175,21 +183,54 @@ def main(argv=None) -> int:
 
         return soak(args, checkpoint, prompts, responses)
 
-    scorer = RewardScorer(checkpoint)  # lengths come from the checkpoint's rendering
+    scorer = RewardScorer(checkpoint, device=args.device, dtype=args.dtype)  # lengths: the checkpoint's rendering
     encoded = [scorer.encode(p, r) for p, r in zip(prompts, responses)]
     mean_tokens = sum(e.shared_length() for e in encoded) / len(encoded)
     bare_rate, best_tokens, bare_single_ms = bench_bare(scorer, encoded, [1024, 2048, 4096, 8192, 16384],
                                                         args.single_calls)
+    scorer.tokens_per_batch = best_tokens  # batches as the pool will form them
+    invariance = batch_invariance(scorer, encoded, args.invariance_shuffles)
     rows, stages, batches = bench_pool(args, checkpoint, best_tokens, prompts, responses)
 
     model = checkpoint if args.checkpoint else f"random Llama h{args.hidden} l{args.layers}"
+    model += f" on {args.device} in {args.dtype}"
     print(f"\nmodel: {model}; {args.texts} texts, mean {mean_tokens:.0f} tokens (max_length {scorer.spec.max_length}); "
           f"torch threads {args.threads}; ingress {args.ingress}; "
           f"bare forward best at tokens_per_forward={best_tokens}; "
           f"mean pool batch {batches['texts'] / max(1, batches['count']):.1f} texts; "
           f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     print_tables(args, rows, stages, bare_rate, bare_single_ms)
+    if invariance:
+        print(f"\nbatch invariance ({args.device}, {args.dtype}): largest |score alone - score inside a batch| over "
+              f"{len(encoded)} texts x {args.invariance_shuffles} random batchings: {invariance[0]:.3g} "
+              f"({invariance[1]:.3g} of the scores' std); texts whose score moved: {invariance[2]}")
     return 0
+
+
+def batch_invariance(scorer, encoded, shuffles: int, seed: int = 0) -> tuple[float, float, int] | None:
+    """Each text scored alone against the same text inside random batches (random mates, random batch sizes up
+    to 32, as the pool merges callers' texts): (largest difference, that over the std of the scores, how many
+    texts moved at all). In fp32 this is 0 up to rounding; in bf16 kernels may pick other reductions per shape
+    (veRL serializes its /classify to one sequence for this reason)."""
+    import random
+
+    if shuffles <= 0:
+        return None
+    alone = [scorer.score_encoded([e])[0] for e in encoded]
+    rng = random.Random(seed)
+    worst, moved = 0.0, set()
+    for _ in range(shuffles):
+        order = list(range(len(encoded)))
+        rng.shuffle(order)
+        start = 0
+        while start < len(order):
+            batch = order[start:start + rng.randint(2, 32)]
+            start += len(batch)
+            for i, score in zip(batch, scorer.score_encoded([encoded[i] for i in batch])):
+                worst = max(worst, abs(score - alone[i]))
+                if score != alone[i]:
+                    moved.add(i)
+    return worst, worst / (statistics.pstdev(alone) or 1.0), len(moved)
 
 
 def start_pool(args, checkpoint: str, tokens_per_forward: int):
@@ -202,7 +243,7 @@ def start_pool(args, checkpoint: str, tokens_per_forward: int):
     os.environ.pop("RLHF_RM_SERVE_TOKEN", None)
     wait = {} if args.batch_wait is None else {"batch_wait_timeout_s": args.batch_wait}  # else the shipped default
     config = ServeConfig(app_name="rm_bench", port=args.port, ingress=args.ingress, num_replicas=1,
-                         num_cpus_per_replica=1,
+                         num_cpus_per_replica=1, device=args.device, dtype=args.dtype,
                          torch_threads=args.threads,
                          live=LiveSettings(checkpoint=checkpoint, max_batch_size=256,
                                            tokens_per_forward=tokens_per_forward, **wait))
