@@ -4,6 +4,7 @@ route and the handle, concurrency from Ray actors, replica death and hot reload 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import os
@@ -93,9 +94,10 @@ def start_local_ray():
                 raise
 
 
-@pytest.fixture(scope="module")
-def pool(checkpoints):
-    from ray import cloudpickle
+@contextlib.contextmanager
+def running_pool(checkpoints, env: dict | None = None, **config_changes):
+    """The two-replica pool of checkpoint A on a local Ray (started here unless one runs), bearer token on;
+    `env` is set in this process while it runs (what app.start passes on to Serve). Yields a Pool."""
     import ray
     from ray import serve
 
@@ -105,19 +107,32 @@ def pool(checkpoints):
     started_ray = not ray.is_initialized()
     if started_ray:
         start_local_ray()
-    # Ray workers cannot import this test module; ship its actor classes by value.
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    os.environ[TOKEN_ENV] = TOKEN
+    env = {TOKEN_ENV: TOKEN, **(env or {})}
+    os.environ.update(env)
     port = free_port()
     config = ServeConfig(app_name=APP, port=port, num_replicas=2, num_cpus_per_replica=0.5, token_env=TOKEN_ENV,
-                         live=LiveSettings(checkpoint=checkpoints[0], max_batch_size=64, batch_wait_timeout_s=0.01))
+                         live=LiveSettings(checkpoint=checkpoints[0], max_batch_size=64, batch_wait_timeout_s=0.01),
+                         **config_changes)
     start(config)
-    yield Pool(config, f"http://127.0.0.1:{port}", *checkpoints)
-    serve.shutdown()
+    try:
+        yield Pool(config, f"http://127.0.0.1:{port}", *checkpoints)
+    finally:
+        serve.shutdown()
+        for name in env:
+            os.environ.pop(name, None)
+        if started_ray:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pool(checkpoints):
+    from ray import cloudpickle
+
+    # Ray workers cannot import this test module; ship its actor classes by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    with running_pool(checkpoints) as running:
+        yield running
     cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    os.environ.pop(TOKEN_ENV, None)
-    if started_ray:
-        ray.shutdown()
 
 
 def test_ppo_example_takes_a_step_against_the_pool_with_one_sample_per_prompt(pool, tiny_backbone, capsys):

@@ -12,8 +12,8 @@ import httpx
 import psutil
 import pytest
 
-from test_serve import (APP, TOKEN, TOKEN_ENV, Pool, assert_scores, checkpoints,  # noqa: F401 - fixtures
-                        direct, expected, free_port, kill_replicas_until_one_held_requests, start_local_ray, texts)
+from test_serve import (TOKEN_ENV, assert_scores, checkpoints, direct, expected,  # noqa: F401 - fixtures
+                        free_port, kill_replicas_until_one_held_requests, running_pool, texts)
 
 
 @pytest.fixture(scope="module")
@@ -21,28 +21,14 @@ def hpool(checkpoints):
     import ray
     from ray import serve
 
-    from rlhf_rm.serve.app import start
-    from rlhf_rm.serve.config import LiveSettings, ServeConfig
-
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        start_local_ray()
-    serve.shutdown()  # ingress is fixed when Serve starts
-    ports = {"RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-             # Ray keeps a replaced ingress replica 30 s so load balancers notice; the tests need not wait.
-             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
-    os.environ.update({TOKEN_ENV: TOKEN, **ports})  # RAY_SERVE_HAPROXY_* are passed on to the controller
-    port = free_port()
-    config = ServeConfig(app_name=APP, port=port, ingress="haproxy", num_replicas=2, num_cpus_per_replica=0.5,
-                         token_env=TOKEN_ENV, live=LiveSettings(checkpoint=checkpoints[0], max_batch_size=64,
-                                                                batch_wait_timeout_s=0.01))
-    start(config)
-    yield Pool(config, f"http://127.0.0.1:{port}", *checkpoints), {k: int(v) for k, v in ports.items()}
-    serve.shutdown()
-    for name in (TOKEN_ENV, *ports):
-        os.environ.pop(name, None)
-    if started_ray:
-        ray.shutdown()
+    if ray.is_initialized():
+        serve.shutdown()  # ingress is fixed when Serve starts: an earlier module's Serve must go
+    ports = {"RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+    # RAY_SERVE_HAPROXY_* / RAY_SERVE_DIRECT_INGRESS_* set here are passed on to the Serve controller. Ray keeps a
+    # replaced ingress replica 30 s so load balancers notice; the tests need not wait.
+    env = {**ports, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+    with running_pool(checkpoints, env=env, ingress="haproxy") as pool:
+        yield pool, {k: int(v) for k, v in ports.items()}
 
 
 def haproxy_listening() -> set[tuple[str, int]]:
