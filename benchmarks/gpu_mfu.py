@@ -64,7 +64,7 @@ def main() -> int:
     from rlhf_rm.data import load_pairs
     from rlhf_rm.losses import build_loss
     from rlhf_rm.model import RewardModel, ensure_pad_token
-    from rlhf_rm.model_state import set_attention
+    from rlhf_rm.training.model_state import set_attention
     from rlhf_rm.training.steps import train_step
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -142,7 +142,7 @@ def flex_check(model, batch, device) -> dict:
     """Rewards of one prefix-shared batch under SDPA (dense mask) and FlexAttention (block mask), fp32."""
     import torch
 
-    from rlhf_rm.model_state import set_attention
+    from rlhf_rm.training.model_state import set_attention
 
     with torch.no_grad():
         set_attention(model, "sdpa")

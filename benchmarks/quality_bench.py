@@ -86,7 +86,7 @@ def trl_piece(queue, backbone: str, work: str, seed: int) -> None:
 
 def run_trl_arm(work: str, seed: int) -> dict:
     from rlhf_rm.backbone import resolve_backbone
-    from rlhf_rm.diagnostics import length_bias
+    from rlhf_rm.evaluation.diagnostics import length_bias
 
     context = mp.get_context("spawn")  # its own process: its memory and threads are its own
     queue = context.Queue()

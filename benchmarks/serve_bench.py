@@ -43,7 +43,8 @@ def fixture_pairs() -> tuple[list[str], list[str]]:
 def build_bench_checkpoint(directory: Path, hidden: int, layers: int, max_length: int = 512) -> str:
     import torch
 
-    from rlhf_rm.model import load_reward_model, load_tokenizer, save_checkpoint
+    from rlhf_rm.model import load_reward_model, load_tokenizer
+    from rlhf_rm.checkpoint.export import export_checkpoint
     from rlhf_rm.tiny import build_tiny_backbone
 
     prompts, responses = fixture_pairs()
@@ -54,7 +55,7 @@ def build_bench_checkpoint(directory: Path, hidden: int, layers: int, max_length
     model = load_reward_model(backbone, tokenizer, head_init_std=1.0)
     meta = {"reward_mean": 0.0, "reward_std": 1.0, "max_length": max_length,
             "base_model": f"random-llama-h{hidden}-l{layers}"}
-    return str(save_checkpoint(model, tokenizer, directory / "checkpoint", meta))
+    return str(export_checkpoint(model, tokenizer, directory / "checkpoint", meta))
 
 
 def percentiles(latencies_s: list[float]) -> tuple[float, float]:

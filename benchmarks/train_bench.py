@@ -104,9 +104,10 @@ def run_rlhf_rm(args, backbone: str, variant: str) -> dict:
     from rlhf_rm.batching.tokenize import ResponseEncoder
     from rlhf_rm.config import TrainerConfig
     from rlhf_rm.losses import build_loss
-    from rlhf_rm.metrics import group_metrics
+    from rlhf_rm.evaluation.metrics import group_metrics
     from rlhf_rm.model import load_reward_model, load_tokenizer
-    from rlhf_rm.training.steps import build_optimizer, score_groups, train_step
+    from rlhf_rm.scoring import score_groups
+    from rlhf_rm.training.steps import build_optimizer, train_step
 
     train, dev = load_slices(args.pairs, args.dev_pairs)
     tokenizer = load_tokenizer(backbone)

@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     from rlhf_rm.serve import RewardClient
     from rlhf_rm.serve.app import start
     from rlhf_rm.serve.config import LiveSettings, ServeConfig
-    from rlhf_rm.tracking import RunTracker
+    from rlhf_rm.training.tracking import RunTracker
 
     policy_path = args.policy if Path(args.policy).is_dir() else resolve_backbone(args.policy)
     prompts = first_human_turns(Path(args.data), args.actors * args.prompts_per_actor * args.steps)

@@ -127,7 +127,7 @@ class DeepSpeedConfig:
 
 @dataclass
 class LoggerConfig:
-    backend: str = "wandb"  # wandb | none (rlhf_rm.tracking.TRACKING_BACKENDS)
+    backend: str = "wandb"  # wandb | none (TRACKING_BACKENDS)
     project: str = "rlhf_rm"
     mode: Optional[str] = None  # null: online when WANDB_API_KEY is set, offline otherwise
     log_texts: bool = True  # false: no decoded prompt or response reaches W&B (worst-pairs table keeps numbers only)
@@ -192,12 +192,13 @@ MOVED_KEYS = {f"trainer.{name}": f"batching.{name}" for name in
               ("layout", "tokens_per_worker", "max_pairs_per_worker", "eval_tokens_per_worker", "attention")}
 
 ATTENTION = ("sdpa", "flex")
+TRACKING_BACKENDS = ("wandb", "none")  # training/tracking.py builds one of these
+LENGTH_BALANCE_MODES = ("none", "downsample", "upsample")  # prepare/length_balance.py
 
 
 def choices() -> dict[str, tuple]:
     """Settings with a fixed set of values, each from the registry in code that consumes it."""
     from rlhf_rm.batching.collate import LAYOUTS
-    from rlhf_rm.tracking import TRACKING_BACKENDS
 
     return {"data.on_error": ("raise", "skip"), "batching.layout": LAYOUTS, "batching.attention": ATTENTION,
             "trainer.resume": ("auto", "never"), "logger.backend": TRACKING_BACKENDS}
@@ -269,11 +270,9 @@ def as_dict(settings) -> dict:
 
 def _validate_length_balance(data: DataConfig) -> None:
     """data.length_balance, checked before any file is read (prepare/length_balance.py checks again)."""
-    from rlhf_rm.prepare.length_balance import MODES
-
     balance = data.length_balance
-    if balance.mode not in MODES:
-        raise ConfigError(f"data.length_balance.mode={balance.mode!r}: choose one of {list(MODES)}")
+    if balance.mode not in LENGTH_BALANCE_MODES:
+        raise ConfigError(f"data.length_balance.mode={balance.mode!r}: choose one of {list(LENGTH_BALANCE_MODES)}")
     if balance.bin_tokens < 1:
         raise ConfigError(f"data.length_balance.bin_tokens={balance.bin_tokens}: must be at least 1")
     if balance.mode != "none" and data.streaming:

@@ -1,16 +1,21 @@
-"""Backbone + scalar head: load, score (last real token found from the attention mask), save as plain HF."""
+"""Backbone + scalar head: load, score the token each caller names (its last real one), save as plain HF.
+
+The complete save (certificate and model card too) is rlhf_rm.checkpoint.export.export_checkpoint."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-METADATA_FILE = "rlhf_rm.json"
+from rlhf_rm.checkpoint.metadata import CheckpointMetadata, is_checkpoint, write_metadata
+from rlhf_rm.checkpoint.rendering import apply_to_tokenizer
+
+if TYPE_CHECKING:
+    from rlhf_rm.config import LoraConfig
 
 
 class HeadRewards(NamedTuple):
@@ -61,17 +66,6 @@ class RewardModel(nn.Module):
         return HeadRewards(quality, self.length_head(pooled).squeeze(-1).float(), head_cosine)
 
 
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Column of the last attended token of each row; right or left padding alike."""
-    width = attention_mask.shape[1]
-    return width - 1 - attention_mask.flip(1).long().argmax(1)
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that count real tokens only, so left padding does not shift RoPE positions."""
-    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-
-
 def ensure_pad_token(tokenizer) -> None:
     """Give the tokenizer a pad token distinct from EOS when it has none (or reuses EOS).
 
@@ -100,7 +94,7 @@ def load_reward_model(path: str, tokenizer=None, dtype: torch.dtype = torch.floa
                       attention: str = "sdpa", length_head: bool = False) -> RewardModel:
     """Load a backbone as a reward model with `ensemble_size` scalar heads (1: a plain reward model),
     or a trained checkpoint as it was saved; `length_head`: add ODIN's training-only length head."""
-    is_checkpoint = (Path(path) / METADATA_FILE).exists()
+    checkpoint = is_checkpoint(path)
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -109,7 +103,7 @@ def load_reward_model(path: str, tokenizer=None, dtype: torch.dtype = torch.floa
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        labels = {} if is_checkpoint else {"num_labels": ensemble_size}
+        labels = {} if checkpoint else {"num_labels": ensemble_size}
         hf_model = AutoModelForSequenceClassification.from_pretrained(
             path, dtype=dtype, attn_implementation={"flex": "flex_attention"}.get(attention, attention), **labels)
     finally:
@@ -118,7 +112,7 @@ def load_reward_model(path: str, tokenizer=None, dtype: torch.dtype = torch.floa
         if len(tokenizer) > hf_model.get_input_embeddings().num_embeddings:
             hf_model.resize_token_embeddings(len(tokenizer))
         hf_model.config.pad_token_id = tokenizer.pad_token_id
-    if head_init_std is not None and not is_checkpoint:
+    if head_init_std is not None and not checkpoint:
         nn.init.normal_(hf_model.score.weight, std=head_init_std)
     return RewardModel(hf_model, _length_head(hf_model.score, head_init_std) if length_head else None)
 
@@ -130,14 +124,14 @@ def _length_head(score: nn.Linear, init_std: float | None) -> nn.Linear:
     return head
 
 
-def apply_lora(model: RewardModel, lora_cfg: dict) -> None:
-    """Train low-rank adapters instead of the backbone; the score head stays fully trainable."""
-    from peft import LoraConfig, get_peft_model
+def apply_lora(model: RewardModel, lora: "LoraConfig") -> None:
+    """Train low-rank adapters instead of the backbone (`model.lora` settings); the score head stays fully
+    trainable."""
+    import peft
 
-    config = LoraConfig(r=lora_cfg.get("r", 16), lora_alpha=lora_cfg.get("alpha", 32),
-                        lora_dropout=lora_cfg.get("dropout", 0.0), target_modules=list(lora_cfg["target_modules"]),
-                        modules_to_save=["score"], task_type="SEQ_CLS")
-    model.hf_model = get_peft_model(model.hf_model, config)
+    config = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                             target_modules=list(lora.target_modules), modules_to_save=["score"], task_type="SEQ_CLS")
+    model.hf_model = peft.get_peft_model(model.hf_model, config)
 
 
 def merged_for_saving(model: RewardModel) -> RewardModel:
@@ -150,22 +144,17 @@ def merged_for_saving(model: RewardModel) -> RewardModel:
 
 
 def save_checkpoint(model: RewardModel, tokenizer, directory: str | Path, metadata: dict,
-                    state_dict: dict | None = None, certify: bool = True) -> Path:
-    """Write a directory that plain `AutoModelForSequenceClassification.from_pretrained` + `AutoTokenizer`
-    load and score exactly as training did: the tokenizer is saved with the rendering applied (left
-    truncation at max_length, EOS post-processor when the spec appends one), the spec goes into
-    rlhf_rm.json, a parity certificate of canary scores is written (certificate.py), and a model card
-    (README.md) generated from rlhf_rm.json."""
+                    state_dict: dict | None = None) -> Path:
+    """The model's own files: HF weights, the tokenizer saved with the rendering applied (left truncation at
+    max_length, an EOS post-processor when the spec appends one) and rlhf_rm.json with the spec in it. Callers
+    want `rlhf_rm.checkpoint.export.export_checkpoint`, which adds the parity certificate and the model card."""
     import copy
-
-    from rlhf_rm.rendering import RenderingSpec, apply_to_tokenizer
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    spec = RenderingSpec.from_metadata(metadata)
-    if spec is None:  # callers that state only the two settings
-        spec = RenderingSpec.for_tokenizer(tokenizer, metadata.get("max_length", 2048), metadata.get("append_eos", False))
-    metadata = {**metadata, "rendering": spec.to_dict(), "max_length": spec.max_length, "append_eos": spec.append_eos}
+    record = CheckpointMetadata.from_dict(metadata)
+    spec = record.rendering_spec(tokenizer)  # callers that state only max_length / append_eos get the fallback
+    record.rendering, record.max_length, record.append_eos = spec.to_dict(), spec.max_length, spec.append_eos
     hf_model = model.hf_model
     hf_model.config.problem_type = "regression"
     hf_model.config.pad_token_id = tokenizer.pad_token_id
@@ -178,18 +167,5 @@ def save_checkpoint(model: RewardModel, tokenizer, directory: str | Path, metada
     saved_tokenizer = copy.deepcopy(tokenizer)
     apply_to_tokenizer(saved_tokenizer, spec)
     saved_tokenizer.save_pretrained(directory)
-    (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
-    certificate = None
-    if certify:
-        from rlhf_rm.certificate import issue_certificate
-
-        certificate = issue_certificate(directory)
-    from rlhf_rm.model_card import CARD_FILE, render_model_card
-
-    (directory / CARD_FILE).write_text(render_model_card(metadata, certificate))
+    write_metadata(directory, record)
     return directory
-
-
-def read_metadata(directory: str | Path) -> dict:
-    path = Path(directory) / METADATA_FILE
-    return json.loads(path.read_text()) if path.exists() else {}

@@ -11,7 +11,7 @@ import json
 import sys
 
 from rlhf_rm.data import load_pairs
-from rlhf_rm.metrics import pair_metrics
+from rlhf_rm.evaluation.metrics import pair_metrics
 from rlhf_rm.scoring import RewardScorer
 
 

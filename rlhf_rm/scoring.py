@@ -1,4 +1,5 @@
-"""Score (prompt, response) texts with a trained checkpoint: the one code path shared by CLI, eval and serving.
+"""Score (prompt, response) texts with a trained checkpoint: the one code path shared by CLI, eval and serving,
+and `score_groups`, the no-grad scoring pass training's evaluation runs too (the only copy).
 
 Every load re-scores the checkpoint's parity canaries (certificate.py) and refuses a model that no longer
 gives the rewards it was saved with.
@@ -7,15 +8,20 @@ gives the rewards it was saved with.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
 
 import torch
 
+from rlhf_rm.batching.collate import collate
+from rlhf_rm.batching.planner import row_length
 from rlhf_rm.batching.tokenize import EncodedGroup, ResponseEncoder
+from rlhf_rm.checkpoint.certificate import verify_certificate
+from rlhf_rm.checkpoint.metadata import read_metadata
+from rlhf_rm.checkpoint.rendering import RenderingSpec
 from rlhf_rm.data.examples import Text
-from rlhf_rm.model import load_reward_model, load_tokenizer, read_metadata
-from rlhf_rm.rendering import RenderingSpec
-from rlhf_rm.training.steps import score_groups
+from rlhf_rm.model import load_reward_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -28,14 +34,6 @@ class ScoredText:
     spread: float | None = None  # std across ensemble heads; None for a single-head model
 
 
-def checkpoint_rendering(metadata: dict, tokenizer) -> RenderingSpec:
-    """The checkpoint's rendering; checkpoints from before the spec existed stored max_length/append_eos."""
-    spec = RenderingSpec.from_metadata(metadata)
-    if spec is not None:
-        return spec
-    return RenderingSpec.for_tokenizer(tokenizer, metadata.get("max_length", 2048), metadata.get("append_eos", True))
-
-
 class RewardScorer:
     def __init__(self, checkpoint: str, tokens_per_batch: int = 8192, device: str = "cpu",
                  dtype: str = "float32", verify: bool = True):
@@ -46,12 +44,10 @@ class RewardScorer:
         self.tokenizer = load_tokenizer(checkpoint)
         self.model = load_reward_model(checkpoint, self.tokenizer, dtype=DTYPES[dtype]).to(device).eval()
         self.device, self.dtype = device, dtype
-        self.encoder = ResponseEncoder(self.tokenizer, spec=checkpoint_rendering(self.metadata, self.tokenizer))
+        self.encoder = ResponseEncoder(self.tokenizer, spec=self.metadata.rendering_spec(self.tokenizer))
         self.tokens_per_batch = tokens_per_batch
         self.certified = False
         if verify:
-            from rlhf_rm.certificate import verify_certificate
-
             self.certified = verify_certificate(self)
 
     @property
@@ -110,3 +106,56 @@ class RewardScorer:
         values, spreads = self.score_encoded_with_spread(encoded)
         return [ScoredText(v, e.prompt_truncated or e.response_truncated, None if spreads is None else spreads[i])
                 for i, (v, e) in enumerate(zip(values, encoded))]
+
+
+@dataclass
+class GroupScores:
+    rewards: list  # rewards[i]: group i's reward per response (None for groups no batch named)
+    spreads: list | None  # the same shape: std across ensemble heads; None for a single-head model
+
+
+@torch.no_grad()
+def score_groups(model, groups: Sequence[EncodedGroup], pad_id: int, *, layout: str = "prefix_shared",
+                 batches: Iterable[list[int]] | None = None, tokens_per_batch: int = 8192,
+                 device: torch.device | str = "cpu", autocast: Callable = nullcontext,
+                 flex: bool = False) -> GroupScores:
+    """Rewards of encoded groups: batched, no-grad forwards; an ensemble's reward is its heads' mean.
+
+    `batches`: lists of group indices, one forward each (the trainer passes its worker's share of an
+    evaluation plan, so every worker runs the same number of forwards); by default groups are sorted by
+    length and cut into batches of at most `tokens_per_batch` padded tokens. A group's rewards do not
+    depend on its batch mates (padding is masked, positions restart per row).
+    """
+    model.eval()
+    if batches is None:
+        batches = length_sorted_batches(groups, layout, tokens_per_batch)
+    rewards: list = [None] * len(groups)
+    spreads: list | None = None
+    for indices in batches:
+        batch = collate([groups[i] for i in indices], pad_id, layout)
+        with autocast():
+            heads = model(**{k: v.to(device) for k, v in batch.model_inputs(flex).items()}).float().cpu()
+        if heads.ndim == 2:  # an ensemble: the reward is the heads' mean, their spread its uncertainty
+            spreads = spreads or [None] * len(groups)
+            spread, _ = batch.per_group(heads.std(dim=1, unbiased=False))
+            heads = heads.mean(dim=1)
+        matrix, mask = batch.per_group(heads)
+        for row, index in enumerate(indices):
+            rewards[index] = matrix[row][mask[row]].tolist()
+            if spreads is not None:
+                spreads[index] = spread[row][mask[row]].tolist()
+    return GroupScores(rewards, spreads)
+
+
+def length_sorted_batches(groups: Sequence[EncodedGroup], layout: str, tokens_per_batch: int) -> list[list[int]]:
+    """Group indices sorted by length, cut greedily so each batch's padded size fits the budget
+    (a group longer than the budget gets a batch of its own)."""
+    order = sorted(range(len(groups)), key=lambda i: row_length(groups[i], layout))
+    batches, start = [], 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order) and (end - start + 1) * row_length(groups[order[end]], layout) <= tokens_per_batch:
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches

@@ -3,7 +3,7 @@
     python -m rlhf_rm.train trainer.num_workers=2 loss=regularized data.limit=256
 
 The driver only wires: rlhf_rm.config types and checks the settings, rlhf_rm.prepare turns the data
-settings into prepared splits, and every worker runs the recipe in rlhf_rm.trainer.
+settings into prepared splits, and every worker runs the recipe in rlhf_rm.training.recipe.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
 from rlhf_rm.backbone import resolve_backbone
+from rlhf_rm.checkpoint.rendering import RenderingSpec
 from rlhf_rm.config import RayConfig, TrainConfig, as_dict, settings_from, upgrade_overrides
+from rlhf_rm.evaluation.metrics import headline, source_lines
 from rlhf_rm.losses import build_loss, check_loss_fits_data
-from rlhf_rm.metrics import headline, source_lines
 from rlhf_rm.model import load_tokenizer
 from rlhf_rm.prepare import PreparedSplit, build_encoder, format_data_summary, prepare_splits
-from rlhf_rm.rendering import RenderingSpec
 from rlhf_rm.training.progress import DriverProgress
 
 
@@ -90,7 +90,7 @@ def build_trainer(settings: TrainConfig, loop_config: dict, train: PreparedSplit
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from rlhf_rm.trainer import train_loop_per_worker
+    from rlhf_rm.training.recipe import train_loop_per_worker
 
     trainer = settings.trainer
     callbacks = []

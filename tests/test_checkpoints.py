@@ -157,7 +157,8 @@ def _run(tmp_path, overrides: list[str], ray_train: _RayTrainStandIn, kill_at: i
     """One (possibly killed) run of the recipe; returns the final checkpoint's rlhf_rm.json."""
     from rlhf_rm.backbone import resolve_backbone
     from rlhf_rm.config import compose, settings_from
-    from rlhf_rm.model import load_tokenizer, read_metadata
+    from rlhf_rm.checkpoint.metadata import read_metadata
+    from rlhf_rm.model import load_tokenizer
     from rlhf_rm.prepare import build_encoder, prepare_splits
     from rlhf_rm.train import checkpoint_metadata
     from rlhf_rm import trainer
@@ -183,7 +184,7 @@ def _run(tmp_path, overrides: list[str], ray_train: _RayTrainStandIn, kill_at: i
         monkeypatch.setattr(trainer.RewardModelRecipe, "step", real_step)
         return {}
     trainer.train_loop_per_worker(job)
-    return read_metadata(ray_train.reported[-1][1])
+    return read_metadata(ray_train.reported[-1][1]).to_dict()
 
 
 def _losses(meta: dict) -> dict[int, float]:

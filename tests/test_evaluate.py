@@ -12,7 +12,7 @@ import pytest
 
 from conftest import FIXTURES
 from rlhf_rm.config import conf_dir
-from rlhf_rm.diagnostics import calibration, diagnose, length_bias, pearson, worst_pairs
+from rlhf_rm.evaluation.diagnostics import calibration, diagnose, length_bias, pearson, worst_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,7 @@ def test_chosen_shorter_and_longer_split_per_source():
     assert result["by_source"]["b"]["longer_chosen_accuracy"] is None
     assert result["length"]["shorter_chosen_pairs"] == 2 and result["length"]["shorter_chosen_accuracy"] == 0.5
 
-    from rlhf_rm.metrics import source_lines
+    from rlhf_rm.evaluation.metrics import source_lines
     from rlhf_rm.training.dev_report import length_metrics
 
     metrics = length_metrics(result)  # what the trainer adds to its dev metrics (and metrics.json)
@@ -108,9 +108,9 @@ def test_constant_input_has_undefined_correlation():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, tiny_model, tiny_tokenizer) -> str:
-    from rlhf_rm.model import save_checkpoint
+    from rlhf_rm.checkpoint.export import export_checkpoint
 
-    return str(save_checkpoint(tiny_model, tiny_tokenizer, tmp_path_factory.mktemp("ckpt") / "checkpoint",
+    return str(export_checkpoint(tiny_model, tiny_tokenizer, tmp_path_factory.mktemp("ckpt") / "checkpoint",
                                {"max_length": 512}))
 
 
@@ -161,7 +161,7 @@ def check_rewardbench_block(block: dict, checkpoint: str, rb1: Path, rb2: Path) 
     """The block's figures are the scorer's: re-score every response directly and apply the rules. The
     checkpoint records no training data, so v1 prompts are HH-style plain text (`auto`), v2 ones chat."""
     from rlhf_rm.data import load_pairs
-    from rlhf_rm.rewardbench import best_of_n
+    from rlhf_rm.evaluation.rewardbench import best_of_n
     from rlhf_rm.scoring import RewardScorer
 
     scorer = RewardScorer(checkpoint)
@@ -186,7 +186,8 @@ def check_rewardbench_block(block: dict, checkpoint: str, rb1: Path, rb2: Path) 
 def test_evaluate_config_composes_with_every_data_group(data):
     """`python -m rlhf_rm.evaluate CKPT data=<group>` evaluates that group's dev sources."""
     from rlhf_rm.config import compose
-    from rlhf_rm.evaluate import checkpoint_argument_to_override, dev_sources
+    from rlhf_rm.evaluate import checkpoint_argument_to_override
+    from rlhf_rm.evaluation.dev_data import dev_sources
 
     argv = checkpoint_argument_to_override(["evaluate", "/ckpt", f"data={data}"])
     cfg = compose(argv[1:], config_name="evaluate")

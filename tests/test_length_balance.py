@@ -137,20 +137,22 @@ def test_streaming_refuses_length_balance_at_start_up(tmp_path):
 
     cfg = DataConfig(train="x.jsonl", streaming=True, length_balance=LengthBalanceConfig(mode="upsample"))
     with pytest.raises(ValueError, match="length_balance.mode=upsample needs the whole train split"):
-        prepare_streamed_split([], cfg, "backbone", tmp_path, tmp_path / "entry", None, workers=1)
+        prepare_streamed_split([], cfg, {}, "backbone", tmp_path, tmp_path / "entry", None, workers=1)
 
 
 def test_the_model_card_and_the_resume_contract_know_about_balancing():
     from rlhf_rm.config import DataConfig, LengthBalanceConfig, TrainConfig
-    from rlhf_rm.model_card import _data_section
+    from rlhf_rm.checkpoint.metadata import CheckpointMetadata
+    from rlhf_rm.checkpoint.model_card import _data_section
     from rlhf_rm.prepare.length_balance import format_length_balance
     from rlhf_rm.training.checkpoints import resume_contract
 
     _, report = balance_by_length(skewed_pairs(), "upsample", bin_tokens=16, seed=0)
     assert "minority-direction pairs repeated" in format_length_balance(report)
     summary = {"train": {"examples": 300, "groups": report["groups"], "length_balance": report}, "dev": {"examples": 9}}
-    card = _data_section({"data_summary": summary, "data": {"train": "t.jsonl"}})
-    assert "Length-balanced train pairs (`data.length_balance`) (upsample, bins of 16 tokens)" in card
+    card = _data_section(CheckpointMetadata.from_dict({"data_summary": summary, "data": {"train": "t.jsonl"}}))
+    assert "Length-balanced train pairs (`data.length_balance`, upsample, bins of 16 tokens)" in card
+    assert f"→ {report['repeated']} repeated; {report['groups']} groups" in card
     assert f"| groups | {report['groups']} | None |" in card
 
     def contract(mode):

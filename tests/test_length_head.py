@@ -127,7 +127,7 @@ def test_saved_checkpoint_is_the_plain_quality_head(tmp_path, odin_model, tiny_t
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlhf_rm.model import save_checkpoint
+    from rlhf_rm.checkpoint.export import export_checkpoint
     from rlhf_rm.scoring import RewardScorer
 
     batch = collate(groups, tiny_tokenizer.pad_token_id, "packed_shared")
@@ -141,7 +141,7 @@ def test_saved_checkpoint_is_the_plain_quality_head(tmp_path, odin_model, tiny_t
     assert not torch.allclose(in_training.quality, in_training.quality + in_training.length)
     metadata = {"max_length": 96, "length_head": {"enabled": True, "corr_weight": 1.0, "length_corr_weight": 1.0,
                                                    "ortho_weight": 1.0}}
-    directory = save_checkpoint(odin_model, tiny_tokenizer, tmp_path / "ckpt", metadata)
+    directory = export_checkpoint(odin_model, tiny_tokenizer, tmp_path / "ckpt", metadata)
     assert not [k for k in load_file(str(directory / "model.safetensors")) if "length" in k]
     plain = AutoModelForSequenceClassification.from_pretrained(directory).eval()
     assert plain.config.num_labels == 1 and plain.score.weight.shape[0] == 1

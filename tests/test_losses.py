@@ -213,7 +213,7 @@ def test_probability_below_half_trains_as_the_reversed_pair(tmp_path, name):
 
 def test_metrics_read_probability_one_way():
     """Metrics, evaluate and score see oriented pairs: accuracy counts the preferred (first) response winning."""
-    from rlhf_rm.metrics import group_metrics
+    from rlhf_rm.evaluation.metrics import group_metrics
 
     groups = [EncodedGroup([], [[1], [2]], probability=0.8, source="x"),
               EncodedGroup([], [[1], [2]], probability=1.0, source="y")]

@@ -8,10 +8,21 @@ import torch
 from rlhf_rm.batching.collate import collate
 from rlhf_rm.batching.tokenize import ResponseEncoder
 from rlhf_rm.data import PreferencePair
-from rlhf_rm.model import last_token_index, positions_from_mask
 
 TEXTS = ["Hello there<|im_end|>", "A much longer text that needs padding in any batch it joins, "
          "with several clauses and words<|im_end|>", "Mid length reply, ends with EOS<|im_end|>"]
+
+
+# Plain-HF style pooling inputs for the model under test (the package itself names the scored token).
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Column of the last attended token of each row; right or left padding alike."""
+    width = attention_mask.shape[1]
+    return width - 1 - attention_mask.flip(1).long().argmax(1)
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only, so left padding does not shift RoPE positions."""
+    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
 
 
 def score_padded(model, tokenizer, texts, side):
@@ -69,9 +80,9 @@ def test_eos_as_pad_would_shift_hf_pooling_but_not_ours(tiny_model, tiny_tokeniz
 def test_plain_from_pretrained_matches_our_scores(tmp_path, tiny_model, tiny_tokenizer):
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_rm.model import save_checkpoint
+    from rlhf_rm.checkpoint.export import export_checkpoint
 
-    save_checkpoint(tiny_model, tiny_tokenizer, tmp_path, {"test": True})
+    export_checkpoint(tiny_model, tiny_tokenizer, tmp_path, {"test": True})
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     tiny_tokenizer.padding_side = "right"
     enc = tiny_tokenizer(TEXTS, return_tensors="pt", padding=True)
@@ -192,11 +203,13 @@ def test_flex_rule_with_documents_equals_the_dense_packed_mask(tiny_tokenizer):
 def test_lora_trains_adapters_and_head_and_saves_merged(tmp_path, tiny_backbone, tiny_tokenizer):
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_rm.model import apply_lora, load_reward_model, merged_for_saving, save_checkpoint
+    from rlhf_rm.config import LoraConfig
+    from rlhf_rm.model import apply_lora, load_reward_model, merged_for_saving
+    from rlhf_rm.checkpoint.export import export_checkpoint
 
     torch.manual_seed(0)
     model = load_reward_model(tiny_backbone, tiny_tokenizer, head_init_std=1.0)
-    apply_lora(model, {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    apply_lora(model, LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("lora_" in n for n in trainable) and any(".score." in n for n in trainable)
     assert not any("embed_tokens" in n for n in trainable)
@@ -210,7 +223,7 @@ def test_lora_trains_adapters_and_head_and_saves_merged(tmp_path, tiny_backbone,
         optimizer.zero_grad()
     with torch.no_grad():
         adapted = model(**batch.model_inputs())
-    save_checkpoint(merged_for_saving(model), tiny_tokenizer, tmp_path, {})
+    export_checkpoint(merged_for_saving(model), tiny_tokenizer, tmp_path, {})
     assert hasattr(model.hf_model, "peft_config")  # training copy untouched by the merge
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     from rlhf_rm.model import RewardModel
@@ -223,9 +236,10 @@ def test_lora_trains_adapters_and_head_and_saves_merged(tmp_path, tiny_backbone,
 def test_ensemble_heads_score_mean_and_spread(tmp_path, tiny_backbone, tiny_tokenizer):
     from rlhf_rm.batching.collate import collate as collate_groups
     from rlhf_rm.losses import build_loss
-    from rlhf_rm.model import load_reward_model, save_checkpoint
+    from rlhf_rm.model import load_reward_model
+    from rlhf_rm.checkpoint.export import export_checkpoint
     from rlhf_rm.scoring import RewardScorer
-    from rlhf_rm.trainer import ensemble_loss
+    from rlhf_rm.training.recipe import ensemble_loss
 
     torch.manual_seed(0)
     model = load_reward_model(tiny_backbone, tiny_tokenizer, head_init_std=1.0, ensemble_size=3)
@@ -238,7 +252,7 @@ def test_ensemble_heads_score_mean_and_spread(tmp_path, tiny_backbone, tiny_toke
                                                                      build_loss({"name": "bradley_terry"}))[1])
                 for h in range(3)]
     torch.testing.assert_close(loss, torch.stack(per_head).mean())
-    save_checkpoint(model, tiny_tokenizer, tmp_path, {"max_length": 1024})
+    export_checkpoint(model, tiny_tokenizer, tmp_path, {"max_length": 1024})
     scorer = RewardScorer(str(tmp_path))
     assert scorer.ensemble_size == 3
     pair = ("\n\nHuman: why?\n\nAssistant:", " Because it is so.")

@@ -15,11 +15,12 @@ import torch
 
 from rlhf_rm.batching.collate import collate
 from rlhf_rm.batching.tokenize import ResponseEncoder
-from rlhf_rm.certificate import CERTIFICATE_FILE, CertificateError, TOLERANCE, read_certificate
+from rlhf_rm.checkpoint.certificate import CERTIFICATE_FILE, CertificateError, TOLERANCE, read_certificate
 from rlhf_rm.data import PreferencePair
 from rlhf_rm.losses import LossInputs, build_loss
-from rlhf_rm.model import load_reward_model, save_checkpoint
-from rlhf_rm.rendering import RenderingSpec
+from rlhf_rm.model import load_reward_model
+from rlhf_rm.checkpoint.export import export_checkpoint
+from rlhf_rm.checkpoint.rendering import RenderingSpec
 from rlhf_rm.scoring import RewardScorer
 
 HH = "\n\nHuman: {}\n\nAssistant:"
@@ -52,7 +53,7 @@ def _trained_checkpoint(directory, backbone, tokenizer, append_eos: bool) -> str
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    return str(save_checkpoint(model.eval(), tokenizer, directory, {"rendering": spec.to_dict()}))
+    return str(export_checkpoint(model.eval(), tokenizer, directory, {"rendering": spec.to_dict()}))
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["no_eos", "append_eos"])
@@ -209,7 +210,7 @@ def test_a_truncated_pair_scores_the_same_in_training_and_in_the_scorer(checkpoi
 
 
 def test_model_card_figures_come_from_rlhf_rm_json(tmp_path, tiny_model, tiny_tokenizer):
-    from rlhf_rm.model_card import fmt
+    from rlhf_rm.checkpoint.model_card import fmt
 
     metadata = {"base_model": "tiny-llama", "loss": {"name": "bradley_terry"},
                 "data": {"train": "train.jsonl", "dev": "dev.jsonl"},
@@ -220,7 +221,7 @@ def test_model_card_figures_come_from_rlhf_rm_json(tmp_path, tiny_model, tiny_to
                 "dev_metrics": {"accuracy": 0.6875, "ece": 0.0412, "length_reward_correlation": -0.47,
                                 "accuracy_chosen_shorter": 0.8, "accuracy_chosen_longer": 0.45, "reward_mean": 0.12},
                 "steps": 7, "final": True, "max_length": 128}
-    directory = save_checkpoint(tiny_model, tiny_tokenizer, tmp_path / "ckpt", metadata)
+    directory = export_checkpoint(tiny_model, tiny_tokenizer, tmp_path / "ckpt", metadata)
     card = (directory / "README.md").read_text()
     stored = json.loads((directory / "rlhf_rm.json").read_text())
     for key, value in stored["dev_metrics"].items():

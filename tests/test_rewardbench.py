@@ -12,7 +12,7 @@ from conftest import FIXTURES
 from rlhf_rm.data import load_pairs
 from rlhf_rm.data.load import DataError
 from rlhf_rm.data.rewardbench import detect_format
-from rlhf_rm.rewardbench import BenchmarkItem, best_of_n, rewardbench_report, ties_score, v1_sections
+from rlhf_rm.evaluation.rewardbench import BenchmarkItem, best_of_n, rewardbench_report, ties_score, v1_sections
 
 V1, V2 = FIXTURES / "rewardbench_v1.jsonl", FIXTURES / "rewardbench_v2.jsonl"
 
@@ -106,15 +106,19 @@ def test_bad_rows_name_file_and_line_or_are_quarantined(tmp_path, fmt, row, mess
 
 
 def test_prompt_style_follows_the_checkpoint():
-    from rlhf_rm.evaluate import checkpoint_prompt_style
+    from rlhf_rm.checkpoint.metadata import CheckpointMetadata
+    from rlhf_rm.evaluation.dev_data import checkpoint_prompt_style
+
+    def style(values: dict, requested: str) -> str:
+        return checkpoint_prompt_style(CheckpointMetadata.from_dict(values), requested)[0]
 
     summary = {"data_summary": {"train": {"examples": 10, "chat_examples": 7}}}
-    assert checkpoint_prompt_style(summary, "auto")[0] == "chat"
+    assert style(summary, "auto") == "chat"
     plain = {"data_summary": {"train": {"examples": 10, "chat_examples": 0}}}
-    assert checkpoint_prompt_style(plain, "auto")[0] == "plain"
-    assert checkpoint_prompt_style(summary, "plain")[0] == "plain"
+    assert style(plain, "auto") == "plain"
+    assert style(summary, "plain") == "plain"
     older = {"config": {"data": {"train": [{"path": "t.jsonl", "format": "oasst_trees"}]}}}
-    assert checkpoint_prompt_style(older, "auto")[0] == "chat"
-    assert checkpoint_prompt_style({"config": {"data": {"train": "hh.jsonl"}}}, "auto")[0] == "plain"
+    assert style(older, "auto") == "chat"
+    assert style({"config": {"data": {"train": "hh.jsonl"}}}, "auto") == "plain"
     with pytest.raises(ValueError, match="prompt_style='html'"):
-        checkpoint_prompt_style(summary, "html")
+        style(summary, "html")

@@ -47,16 +47,16 @@ class Pool:
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, tiny_model, tiny_tokenizer):
-    from rlhf_rm.model import save_checkpoint
+    from rlhf_rm.checkpoint.export import export_checkpoint
 
     root = tmp_path_factory.mktemp("serve_checkpoints")
     meta = {"reward_mean": 0.1, "reward_std": 2.0, "max_length": 512, "base_model": "tiny-llama"}
-    a = save_checkpoint(tiny_model, tiny_tokenizer, root / "a", meta)
+    a = export_checkpoint(tiny_model, tiny_tokenizer, root / "a", meta)
     # B: the same backbone with a negated head, so every score changes sign: easy to tell A from B.
     model_b = copy.deepcopy(tiny_model)
     with torch.no_grad():
         model_b.hf_model.score.weight.neg_()
-    b = save_checkpoint(model_b, tiny_tokenizer, root / "b", {**meta, "reward_mean": -0.1})
+    b = export_checkpoint(model_b, tiny_tokenizer, root / "b", {**meta, "reward_mean": -0.1})
     return str(a), str(b)
 
 
@@ -642,14 +642,15 @@ def test_ensemble_mean_and_spread_through_the_client(pool, texts, tmp_path, tiny
 
     from ray import serve
 
-    from rlhf_rm.model import load_reward_model, save_checkpoint
+    from rlhf_rm.model import load_reward_model
+    from rlhf_rm.checkpoint.export import export_checkpoint
     from rlhf_rm.scoring import RewardScorer
     from rlhf_rm.serve import RewardClient
     from rlhf_rm.serve.app import start
 
     torch.manual_seed(1)
     ensemble = load_reward_model(tiny_backbone, tiny_tokenizer, head_init_std=1.0, ensemble_size=3)
-    checkpoint = str(save_checkpoint(ensemble, tiny_tokenizer, tmp_path / "ensemble", {"max_length": 512}))
+    checkpoint = str(export_checkpoint(ensemble, tiny_tokenizer, tmp_path / "ensemble", {"max_length": 512}))
     config = dataclasses.replace(pool.config, app_name="rm_ensemble", route_prefix="/ensemble", num_replicas=1,
                                  live=dataclasses.replace(pool.config.live, checkpoint=checkpoint))
     start(config)

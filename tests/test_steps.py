@@ -12,7 +12,8 @@ from rlhf_rm.batching.tokenize import ResponseEncoder
 from rlhf_rm.config import TrainerConfig
 from rlhf_rm.data import load_pairs
 from rlhf_rm.losses import build_loss
-from rlhf_rm.training.steps import build_optimizer, score_groups, train_step
+from rlhf_rm.scoring import score_groups
+from rlhf_rm.training.steps import build_optimizer, train_step
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +37,10 @@ def test_score_groups_does_not_depend_on_layout_or_batching(tiny_model, tiny_tok
 
 def test_score_groups_matches_the_checkpoint_scorer(tmp_path, tiny_model, tiny_tokenizer):
     """RewardScorer (one padded row per text) and score_groups give the same score for each text."""
-    from rlhf_rm.model import save_checkpoint
+    from rlhf_rm.checkpoint.export import export_checkpoint
     from rlhf_rm.scoring import RewardScorer
 
-    checkpoint = save_checkpoint(tiny_model, tiny_tokenizer, tmp_path / "ckpt", {"max_length": 128})
+    checkpoint = export_checkpoint(tiny_model, tiny_tokenizer, tmp_path / "ckpt", {"max_length": 128})
     scorer = RewardScorer(str(checkpoint))
     pairs, _ = load_pairs(FIXTURES / "hh_dev_small.jsonl", limit=6)
     texts = [scorer.encode(p.prompt, p.chosen) for p in pairs]
@@ -63,7 +64,7 @@ def test_ensemble_scores_are_the_heads_mean_with_their_spread(tiny_backbone, tin
 
 def test_train_step_lowers_the_loss_and_trains_the_head_faster(tiny_backbone, tiny_tokenizer, dev_groups):
     from rlhf_rm.model import load_reward_model
-    from rlhf_rm.model_state import parameter_groups
+    from rlhf_rm.training.model_state import parameter_groups
 
     torch.manual_seed(0)
     model = load_reward_model(tiny_backbone, tiny_tokenizer, head_init_std=0.5)

@@ -175,7 +175,8 @@ def test_two_concurrent_preparations_of_one_entry_keep_their_shards(tmp_path, mo
     import ray
 
     from rlhf_rm.prepare.streaming import PrepareUnits, prepare_streamed_split
-    from rlhf_rm.prepare.split import source_specs
+    from rlhf_rm.model import load_tokenizer
+    from rlhf_rm.prepare.split import build_encoder, source_specs
 
     first_wrote, both_prepared, calls = threading.Event(), threading.Barrier(2, timeout=3), []
 
@@ -209,11 +210,12 @@ def test_two_concurrent_preparations_of_one_entry_keep_their_shards(tmp_path, mo
     data.write_text(TRAIN.read_text())
     config = stream_config(data)
     specs = source_specs(config.train)
+    spec = build_encoder(load_tokenizer(tiny_backbone), config).spec.to_dict()
     entry = tmp_path / "cache" / "stream-same-key"
     results, shards_at_return = {}, {}
 
     def prepare(name):
-        split = prepare_streamed_split(specs, config, tiny_backbone, tmp_path / name, entry, None, workers=1)
+        split = prepare_streamed_split(specs, config, spec, tiny_backbone, tmp_path / name, entry, None, workers=1)
         shards_at_return[name] = [Path(s).exists() for s in split.shards]
         results[name] = split
 

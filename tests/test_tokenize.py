@@ -6,7 +6,7 @@ import pytest
 
 from rlhf_rm.batching.tokenize import ResponseEncoder
 from rlhf_rm.data import PreferencePair
-from rlhf_rm.rendering import RenderingSpec
+from rlhf_rm.checkpoint.rendering import RenderingSpec
 
 
 def _sequences(group):
@@ -147,7 +147,7 @@ def test_response_lengths_are_each_texts_own_tokens_when_truncation_cuts_the_pro
     response's own tokens, as `rlhf_rm.evaluate` does scoring each text alone."""
     from rlhf_rm.batching.arrow import groups_to_table, table_to_groups
     from rlhf_rm.batching.collate import collate
-    from rlhf_rm.metrics import hard_pairs
+    from rlhf_rm.evaluation.metrics import hard_pairs
 
     encoder = ResponseEncoder(tiny_tokenizer, max_length=40)
     prompt = " ".join(f"turn{i}" for i in range(200)) + "\n\nAssistant:"

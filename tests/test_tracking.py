@@ -31,7 +31,7 @@ def dev_groups(tiny_tokenizer):
 @pytest.mark.parametrize("log_texts", [True, False])
 def test_log_texts_false_sends_no_decoded_text_to_wandb(tmp_path, tiny_tokenizer, dev_groups, log_texts):
     from rlhf_rm.config import LoggerConfig
-    from rlhf_rm.tracking import SCORE_COLUMNS, TEXT_COLUMNS, RunTracker
+    from rlhf_rm.training.tracking import SCORE_COLUMNS, TEXT_COLUMNS, RunTracker
     from rlhf_rm.training.dev_report import record_diagnostics
 
     pairs, groups = dev_groups

@@ -98,14 +98,14 @@ def test_deepspeed_zero_on_cpu(tmp_path, tiny_backbone, ray_cluster, stage):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rlhf_rm.data import load_pairs
-    from rlhf_rm.model import read_metadata
+    from rlhf_rm.checkpoint.metadata import read_metadata
 
     length_head = ["model.length_head.enabled=true"] if stage == "zero2" else []
     metrics = train_tiny(tmp_path, tiny_backbone, [f"deepspeed={stage}", "loss=regularized", "trainer.epochs=6",
                                                    *length_head])
     first, last = first_and_last_losses(metrics["checkpoint"])
     assert last < first * 0.9, (first, last)
-    meta = read_metadata(metrics["checkpoint"])
+    meta = read_metadata(metrics["checkpoint"]).to_dict()
     assert meta["config"]["deepspeed"]["config"]["zero_optimization"]["stage"] == int(stage[-1])
     assert meta["loss"]["name"] == "regularized"
     if length_head:
@@ -140,7 +140,7 @@ def test_killed_worker_resumes_from_checkpoint_without_repeating_data(tmp_path, 
     import threading
     import time
 
-    from rlhf_rm.model import read_metadata
+    from rlhf_rm.checkpoint.metadata import read_metadata
 
     outcome: dict = {}
 
@@ -175,7 +175,7 @@ def test_killed_worker_resumes_from_checkpoint_without_repeating_data(tmp_path, 
     thread.join(timeout=300)
     assert killed is not None, "never saw the run with a registered checkpoint and 10+ steps to go"
     assert "error" not in outcome, outcome.get("error")
-    meta = read_metadata(outcome["metrics"]["checkpoint"])
+    meta = read_metadata(outcome["metrics"]["checkpoint"]).to_dict()
     assert meta["resumed_from"] and 0 < meta["resumed_from"][0] <= killed["step"]
     trained = [tuple(s) for s in meta["trained_steps"]]
     assert len(trained) == len(set(trained)) == meta["steps"]  # no step twice
@@ -207,7 +207,7 @@ def test_rerun_after_the_driver_dies_resumes_a_lora_ensemble_run(tmp_path, tiny_
     import signal
     import time
 
-    from rlhf_rm.model import read_metadata
+    from rlhf_rm.checkpoint.metadata import read_metadata
 
     command = train_command(tmp_path, tiny_backbone, [
         "trainer.epochs=2", "batching.tokens_per_worker=500", "trainer.checkpoint_every=3", "run_name=driver_killed",
@@ -232,7 +232,7 @@ def test_rerun_after_the_driver_dies_resumes_a_lora_ensemble_run(tmp_path, tiny_
     output = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, output[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    meta = read_metadata(metrics["checkpoint"])
+    meta = read_metadata(metrics["checkpoint"]).to_dict()
     resumed_at = meta["resumed_from"][0]
     assert 0 < resumed_at <= killed["step"]
     trained = [tuple(s) for s in meta["trained_steps"]]

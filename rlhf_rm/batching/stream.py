@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from rlhf_rm.batching.planner import plan_steps, row_length
 from rlhf_rm.batching.arrow import table_to_groups
+from rlhf_rm.batching.planner import plan_steps, row_length
 
 
 def packed_batches(shard, layout: str, tokens_per_worker: int, seed: int, window: int = 2048,

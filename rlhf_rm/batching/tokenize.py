@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, replace
 
+from rlhf_rm.checkpoint.rendering import RenderingSpec, apply_to_tokenizer
 from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses, Text
-from rlhf_rm.rendering import RenderingSpec, apply_to_tokenizer
 
 
 @dataclass

@@ -24,7 +24,7 @@ from rlhf_rm.data.readers import read_rows
 BENCHMARK_FORMATS = ("rewardbench", "rewardbench2")
 PROMPT_STYLES = ("chat", "plain")
 HUMAN_TURN = "\n\nHuman: "  # the plain-text user turn of HH-RLHF; the assistant turn is data.prompt_separator
-TIES_SUBSET = "ties"  # RewardBench 2's subset scored by its own rule (rlhf_rm.rewardbench.ties_score)
+TIES_SUBSET = "ties"  # RewardBench 2's subset scored by its own rule (rlhf_rm.evaluation.rewardbench.ties_score)
 TIES_ID = re.compile(r"^(ref|tied):(\d+)$")  # a Ties row: the reference prompt or its tied variant, by prompt id
 REQUIRED = ("prompt", "chosen", "rejected", "subset")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-MODES = ("none", "downsample", "upsample")
+from rlhf_rm.config import LENGTH_BALANCE_MODES as MODES
 
 
 def balance_by_length(groups: list, mode: str, bin_tokens: int, seed: int) -> tuple[list, dict | None]:

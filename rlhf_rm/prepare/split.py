@@ -16,12 +16,13 @@ from pathlib import Path
 from hydra.utils import to_absolute_path
 
 from rlhf_rm.batching.tokenize import EncodedGroup, ResponseEncoder
+from rlhf_rm.checkpoint.rendering import RenderingSpec
 from rlhf_rm.config import DataConfig
 from rlhf_rm.data.load import content_key, load_examples, normalize_source
 from rlhf_rm.prepare import token_cache
 from rlhf_rm.prepare.length_balance import balance_by_length
+from rlhf_rm.prepare.streaming import prepare_streamed_split
 from rlhf_rm.prepare.summary import split_summary
-from rlhf_rm.rendering import RenderingSpec
 
 
 @dataclass
@@ -87,14 +88,13 @@ def prepare_split(data: DataConfig, encoder: ResponseEncoder, run_dir: Path, spl
 def prepare_streamed_train(data: DataConfig, encoder: ResponseEncoder, backbone_path: str, run_dir: Path,
                            workers: int) -> PreparedSplit:
     """data.streaming=true: the train split prepared into shards by Ray Data (see prepare/streaming.py)."""
-    from rlhf_rm.prepare.streaming import prepare_streamed_split
-
     dev_keys = dev_content_keys(data, encoder, run_dir)
     specs = source_specs(data.train)
     key = split_cache_key(specs, load_options(data, None, dev_keys), encoder, "train", dev_keys,
                           streaming={"rows_per_unit": data.rows_per_unit})
     entry = token_cache.cache_dir() / f"stream-{key}" if data.cache else run_dir / "stream"
-    streamed = prepare_streamed_split(specs, data, backbone_path, run_dir, entry, dev_keys, workers, data.cache)
+    streamed = prepare_streamed_split(specs, data, encoder.spec.to_dict(), backbone_path, run_dir, entry, dev_keys,
+                                      workers, data.cache)
     return PreparedSplit("train", streamed.summary, streamed=streamed, kinds=streamed.kinds, labels=streamed.labels)
 
 

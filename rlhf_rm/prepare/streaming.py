@@ -98,12 +98,14 @@ class PrepareUnits:
     """Ray Data callable class: the tokenizer is loaded once per actor, then each unit is read, validated,
     encoded and written as `unit_NNNNN.parquet` in the entry directory."""
 
-    def __init__(self, backbone_path: str, data: DataConfig, options: dict, out_dir: str,
-                 dev_keys: list[str] | None):
+    def __init__(self, backbone_path: str, spec: dict, options: dict, out_dir: str, dev_keys: list[str] | None):
+        from rlhf_rm.batching.tokenize import ResponseEncoder
+        from rlhf_rm.checkpoint.rendering import RenderingSpec
         from rlhf_rm.model import load_tokenizer
-        from rlhf_rm.prepare.split import build_encoder
 
-        self.encoder = build_encoder(load_tokenizer(backbone_path), data)
+        # The driver's rendering crosses the Ray Data seam as one object: every shard is encoded exactly as
+        # the in-memory splits are.
+        self.encoder = ResponseEncoder(load_tokenizer(backbone_path), spec=RenderingSpec.from_dict(spec))
         self.options = options
         self.out_dir = Path(out_dir)
         self.dev_keys = frozenset(dev_keys) if dev_keys else None
@@ -147,9 +149,10 @@ class PrepareUnits:
 
 
 # -- the whole split (driver) ---------------------------------------------------------------------------
-def prepare_streamed_split(specs: list[dict], data: DataConfig, backbone_path: str, run_dir: Path, entry: Path,
-                           dev_keys: frozenset | None, workers: int, reuse: bool = True) -> StreamedSplit:
-    """Prepare (or, with `reuse`, find already prepared in `entry`) the shards of a streamed split."""
+def prepare_streamed_split(specs: list[dict], data: DataConfig, spec: dict, backbone_path: str, run_dir: Path,
+                           entry: Path, dev_keys: frozenset | None, workers: int, reuse: bool = True) -> StreamedSplit:
+    """Prepare (or, with `reuse`, find already prepared in `entry`) the shards of a streamed split; `spec`: the
+    encoder's RenderingSpec as a dict, which each preparing actor builds its encoder from."""
     if data.limit is not None or any(spec["limit"] is not None for spec in specs):
         raise ValueError("data.limit (or a source's limit) is not applied when streaming (data.streaming=true): "
                          "prepare a smaller file, "
@@ -176,7 +179,7 @@ def prepare_streamed_split(specs: list[dict], data: DataConfig, backbone_path: s
               flush=True)
         results = ray.data.from_items([{"unit": json.dumps(u)} for u in units]).map_batches(
             PrepareUnits, batch_size=1, concurrency=max(1, min(workers, len(units))), num_cpus=1,
-            fn_constructor_kwargs={"backbone_path": backbone_path, "data": data, "options": options,
+            fn_constructor_kwargs={"backbone_path": backbone_path, "spec": spec, "options": options,
                                    "out_dir": str(building), "dev_keys": sorted(dev_keys) if dev_keys else None},
         ).take_all()
         results.sort(key=lambda r: r["index"])

@@ -33,10 +33,21 @@ from ray import serve
 from rlhf_rm.scoring import RewardScorer
 from rlhf_rm.serve import stages
 from rlhf_rm.serve.config import LiveSettings
-from rlhf_rm.serve.protocol import (BadRequest, ClassifyRequest, EmbeddingsRequest, GetRewardRequest,
-                                    ScoreGroupRequest, ScoreRequest, check_pairs, classify_response,
-                                    embeddings_response, group_advantages, plain, sglang_classify_response,
-                                    split_queries)
+from rlhf_rm.serve.protocol import (
+    BadRequest,
+    ClassifyRequest,
+    EmbeddingsRequest,
+    GetRewardRequest,
+    ScoreGroupRequest,
+    ScoreRequest,
+    check_pairs,
+    classify_response,
+    embeddings_response,
+    group_advantages,
+    plain,
+    sglang_classify_response,
+    split_queries,
+)
 
 logger = logging.getLogger("ray.serve")
 # The schema and docs are served by routes of our own below, behind the token like everything but /health.
@@ -312,23 +323,23 @@ class ScoringDeployment:
     def _normalized(self, scorer: RewardScorer, scores: list, spreads: list | None, normalize: bool):
         if not normalize:
             return scores, spreads
-        mean, std = scorer.metadata.get("reward_mean"), scorer.metadata.get("reward_std")
+        mean, std = scorer.metadata.reward_mean, scorer.metadata.reward_std
         if mean is None or not std:
             raise BadRequest(f"checkpoint {scorer.checkpoint} stores no reward_mean/reward_std to normalize with")
         return [(s - mean) / std for s in scores], None if spreads is None else [s / std for s in spreads]
 
     def info(self) -> dict:
         metadata = self.scorer.metadata
-        return {"model": metadata.get("base_model") or self.scorer.checkpoint,
+        return {"model": metadata.base_model or self.scorer.checkpoint,
                 "checkpoint": self.scorer.checkpoint,
                 "max_length": self.scorer.spec.max_length,
                 "rendering": self.scorer.spec.to_dict(),
                 "certified": self.scorer.certified,
-                "length_head": metadata.get("length_head"),  # trained with ODIN's length head (score = quality head)
+                "length_head": metadata.length_head,  # trained with ODIN's length head (score = quality head)
                 "dtype": self.dtype,
                 "refused_reload": self.refused_reload,
-                "normalization": {"default": self.settings.normalize, "reward_mean": metadata.get("reward_mean"),
-                                  "reward_std": metadata.get("reward_std")},
+                "normalization": {"default": self.settings.normalize, "reward_mean": metadata.reward_mean,
+                                  "reward_std": metadata.reward_std},
                 "live_settings": asdict(self.settings),
                 "max_texts_per_request": self.max_texts,
                 "max_text_chars": self.max_text_chars,

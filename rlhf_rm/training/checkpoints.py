@@ -10,13 +10,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 import ray.train
+import torch
 from ray.train import Checkpoint
 
-from rlhf_rm.model import merged_for_saving, save_checkpoint
-from rlhf_rm.model_state import adapter_state, full_state_dict, length_head_state
+from rlhf_rm.checkpoint.export import export_checkpoint
+from rlhf_rm.model import merged_for_saving
+from rlhf_rm.training.model_state import adapter_state, full_state_dict, length_head_state
 
 TRAIN_STATE_FILE = "train_state.pt"
 DEEPSPEED_DIR = "deepspeed"
@@ -129,7 +129,7 @@ def save_and_report(model, engine, tokenizer, rank: int, metadata: dict, train_s
             # Sharded optimizer state: every rank writes its part; Ray merges the directories.
             engine.save_checkpoint(str(Path(tmp) / DEEPSPEED_DIR), tag="latest_state")
         if rank == 0:
-            save_checkpoint(merged_for_saving(model), tokenizer, tmp, metadata, state_dict=state_dict)
+            export_checkpoint(merged_for_saving(model), tokenizer, tmp, metadata, state_dict=state_dict)
             if engine is None:
                 train_state = {**train_state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                "adapters": adapter_state(model), "length_head": length_head_state(model)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlhf_rm.metrics import hard_pairs
+from rlhf_rm.evaluation.metrics import hard_pairs
 
 
 def record_diagnostics(groups, scores: list, run_dir: str, tracker, step: int, tokenizer) -> dict:

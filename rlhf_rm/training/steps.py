@@ -1,9 +1,10 @@
-"""The training step and the scoring pass: the only copies, called by the trainer and every benchmark.
+"""The training step: the only copy, called by the trainer and every benchmark.
 
     train_step(model, batch, groups, loss_fn, optimizer, scheduler)  one optimizer step on a ModelBatch
                                                                      (length_penalty=: ODIN's length head)
-    score_groups(model, groups, pad_id)                              no-grad rewards of encoded groups
     build_optimizer(model, trainer_settings, total_steps)            AdamW + LR schedule
+
+The no-grad scoring pass (`score_groups`) lives with the scorer, in rlhf_rm/scoring.py.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ import dataclasses
 import functools
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from rlhf_rm.batching.collate import ModelBatch, collate
-from rlhf_rm.batching.planner import row_length
+from rlhf_rm.batching.collate import ModelBatch
 from rlhf_rm.batching.tokenize import EncodedGroup
 from rlhf_rm.config import TrainerConfig
 from rlhf_rm.losses import LengthPenalty, LossInputs
-from rlhf_rm.model_state import parameter_groups
+from rlhf_rm.training.model_state import parameter_groups
 
 
 @dataclass
@@ -122,59 +122,6 @@ def _batch_wide(local: torch.Tensor) -> torch.Tensor:
     parts = [part[: int(n.item())] for part, n in zip(gathered, counts)]
     parts[rank] = local
     return torch.cat(parts)
-
-
-@dataclass
-class GroupScores:
-    rewards: list  # rewards[i]: group i's reward per response (None for groups no batch named)
-    spreads: list | None  # the same shape: std across ensemble heads; None for a single-head model
-
-
-@torch.no_grad()
-def score_groups(model, groups: Sequence[EncodedGroup], pad_id: int, *, layout: str = "prefix_shared",
-                 batches: Iterable[list[int]] | None = None, tokens_per_batch: int = 8192,
-                 device: torch.device | str = "cpu", autocast: Callable = nullcontext,
-                 flex: bool = False) -> GroupScores:
-    """Rewards of encoded groups: batched, no-grad forwards; an ensemble's reward is its heads' mean.
-
-    `batches`: lists of group indices, one forward each (the trainer passes its worker's share of an
-    evaluation plan, so every worker runs the same number of forwards); by default groups are sorted by
-    length and cut into batches of at most `tokens_per_batch` padded tokens. A group's rewards do not
-    depend on its batch mates (padding is masked, positions restart per row).
-    """
-    model.eval()
-    if batches is None:
-        batches = length_sorted_batches(groups, layout, tokens_per_batch)
-    rewards: list = [None] * len(groups)
-    spreads: list | None = None
-    for indices in batches:
-        batch = collate([groups[i] for i in indices], pad_id, layout)
-        with autocast():
-            heads = model(**{k: v.to(device) for k, v in batch.model_inputs(flex).items()}).float().cpu()
-        if heads.ndim == 2:  # an ensemble: the reward is the heads' mean, their spread its uncertainty
-            spreads = spreads or [None] * len(groups)
-            spread, _ = batch.per_group(heads.std(dim=1, unbiased=False))
-            heads = heads.mean(dim=1)
-        matrix, mask = batch.per_group(heads)
-        for row, index in enumerate(indices):
-            rewards[index] = matrix[row][mask[row]].tolist()
-            if spreads is not None:
-                spreads[index] = spread[row][mask[row]].tolist()
-    return GroupScores(rewards, spreads)
-
-
-def length_sorted_batches(groups: Sequence[EncodedGroup], layout: str, tokens_per_batch: int) -> list[list[int]]:
-    """Group indices sorted by length, cut greedily so each batch's padded size fits the budget
-    (a group longer than the budget gets a batch of its own)."""
-    order = sorted(range(len(groups)), key=lambda i: row_length(groups[i], layout))
-    batches, start = [], 0
-    while start < len(order):
-        end = start + 1
-        while end < len(order) and (end - start + 1) * row_length(groups[order[end]], layout) <= tokens_per_batch:
-            end += 1
-        batches.append(order[start:end])
-        start = end
-    return batches
 
 
 def build_optimizer(model: torch.nn.Module, trainer: TrainerConfig, total_steps: int):

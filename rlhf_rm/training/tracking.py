@@ -6,10 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from rlhf_rm.config import LoggerConfig
-
-# The `logger` group's backends (conf/logger/<name>.yaml sets `backend`); rlhf_rm.config.LoggerConfig.
-TRACKING_BACKENDS = ("wandb", "none")
+from rlhf_rm.config import TRACKING_BACKENDS, LoggerConfig
 
 SCORE_COLUMNS = ["dev_index", "margin", "chosen_reward", "rejected_reward"]  # the worst-pairs table, always
 TEXT_COLUMNS = ["prompt_end", "chosen", "rejected"]  # decoded text, only with logger.log_texts=true

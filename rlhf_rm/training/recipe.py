@@ -13,26 +13,34 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import torch
-
 import ray
 import ray.train
 import ray.train.torch
+import torch
 
 from rlhf_rm.batching.collate import collate
 from rlhf_rm.batching.planner import plan_steps, row_length
 from rlhf_rm.config import TrainConfig, as_dict
+from rlhf_rm.evaluation.metrics import group_metrics, headline
 from rlhf_rm.losses import LengthPenalty, build_loss
-from rlhf_rm.metrics import group_metrics, headline
 from rlhf_rm.model import load_tokenizer
-from rlhf_rm.model_state import build_reward_model, load_adapter_state, load_length_head_state
-from rlhf_rm.tracking import RunTracker
-from rlhf_rm.training.checkpoints import (DEEPSPEED_DIR, all_rng_states, check_resume, load_train_state,
-                                          position_from, resume_contract, resume_directory, save_and_report)
+from rlhf_rm.scoring import score_groups
+from rlhf_rm.training.checkpoints import (
+    DEEPSPEED_DIR,
+    all_rng_states,
+    check_resume,
+    load_train_state,
+    position_from,
+    resume_contract,
+    resume_directory,
+    save_and_report,
+)
 from rlhf_rm.training.dev_report import flatten, record_diagnostics
+from rlhf_rm.training.model_state import build_reward_model, load_adapter_state, load_length_head_state
 from rlhf_rm.training.progress import format_duration, print_line, write_progress
 from rlhf_rm.training.sources import PlannedSteps, StreamedSteps
-from rlhf_rm.training.steps import build_optimizer, ensemble_loss, score_groups, train_step  # noqa: F401
+from rlhf_rm.training.steps import build_optimizer, ensemble_loss, train_step  # noqa: F401
+from rlhf_rm.training.tracking import RunTracker
 
 __all__ = ["RewardModelRecipe", "ensemble_loss", "train_loop_per_worker"]
 

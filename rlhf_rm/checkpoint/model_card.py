@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from rlhf_rm.checkpoint.metadata import CheckpointMetadata
+
 CARD_FILE = "README.md"
 # (metric key in the evaluation, label); shown when present.
 EVALUATION_ROWS = (
@@ -32,15 +34,15 @@ def fmt(value) -> str:
     return str(value)
 
 
-def render_model_card(metadata: dict, certificate: dict | None = None) -> str:
-    base = metadata.get("base_model", "unknown")
+def render_model_card(metadata: CheckpointMetadata, certificate: dict | None = None) -> str:
+    base = metadata.base_model or "unknown"
     sections = [
         _front_matter(base),
         f"# Reward model: {base} + scalar head\n\nTrained with [rlhf_rm](https://github.com/) on human preferences. "
         "It returns one scalar r(x, y) per text: higher means more preferred. Everything below is generated from "
         "`rlhf_rm.json` in this directory.",
-        _usage_section(metadata.get("rendering") or {}),
-        _rendering_section(metadata.get("rendering") or {}),
+        _usage_section(metadata.rendering or {}),
+        _rendering_section(metadata.rendering or {}),
         _data_section(metadata),
         _training_section(metadata),
         _evaluation_section(metadata),
@@ -88,9 +90,8 @@ def _rendering_section(rendering: dict) -> str:
            "The reward is read at the last token; over-long texts keep their last `max_length` tokens."
 
 
-def _data_section(metadata: dict) -> str:
-    summary = metadata.get("data_summary") or {}
-    data = metadata.get("data") or {}
+def _data_section(metadata: CheckpointMetadata) -> str:
+    summary, data = metadata.data_summary, metadata.data
     if not summary:
         return ""
     lines = ["## Training data", ""]
@@ -103,21 +104,22 @@ def _data_section(metadata: dict) -> str:
             lines.append(f"| {key} | " + " | ".join(fmt(s.get(key)) for s in summary.values()) + " |")
     balance = summary.get("train", {}).get("length_balance")
     if balance:
-        from rlhf_rm.prepare.length_balance import format_length_balance
-
-        lines += ["", f"Length-balanced train pairs (`data.length_balance`) "
-                      f"{format_length_balance(balance).strip().removeprefix('length balance ')}."]
+        kept = (f"{balance['dropped']} dropped" if balance["mode"] == "downsample" else
+                f"{balance['repeated']} repeated")
+        lines += ["", f"Length-balanced train pairs (`data.length_balance`, {balance['mode']}, bins of "
+                      f"{balance['bin_tokens']} tokens): {balance['chosen_longer']} chosen longer / "
+                      f"{balance['chosen_shorter']} chosen shorter → {kept}; {balance['groups']} groups."]
     return "\n".join(lines)
 
 
-def _training_section(metadata: dict) -> str:
-    config = metadata.get("config") or {}
-    loss = metadata.get("loss") or config.get("loss")
+def _training_section(metadata: CheckpointMetadata) -> str:
+    config = metadata.config
+    loss = metadata.loss or config.get("loss")
     lines = ["## Training", "", f"- loss: `{json.dumps(loss, ensure_ascii=False)}`"]
     for key in ("steps", "final"):
-        if key in metadata:
-            lines.append(f"- {key}: {fmt(metadata[key])}")
-    length_head = metadata.get("length_head")
+        if getattr(metadata, key) is not None:
+            lines.append(f"- {key}: {fmt(getattr(metadata, key))}")
+    length_head = metadata.length_head
     if length_head:
         weights = {k: length_head[k] for k in ("corr_weight", "length_corr_weight", "ortho_weight") if k in length_head}
         lines.append(f"- length head (ODIN, arXiv:2402.07319): a second head absorbed response length during training "
@@ -131,11 +133,11 @@ def _training_section(metadata: dict) -> str:
     return "\n".join(lines)
 
 
-def _evaluation_section(metadata: dict) -> str:
-    metrics = metadata.get("dev_metrics")
+def _evaluation_section(metadata: CheckpointMetadata) -> str:
+    metrics = metadata.dev_metrics
     if not metrics:
         return "## Evaluation\n\nNo evaluation was stored with this checkpoint."
-    split = (metadata.get("data") or {}).get("dev", "the dev split")
+    split = metadata.data.get("dev", "the dev split")
     rows = "\n".join(f"| {label} | {fmt(metrics[key])} |" for key, label in EVALUATION_ROWS if key in metrics)
     per_source = "\n".join(f"| accuracy on `{key.split('/', 1)[1]}` | {fmt(value)} |"
                            for key, value in metrics.items() if key.startswith("accuracy/"))
@@ -153,8 +155,8 @@ def _certificate_section(certificate: dict | None) -> str:
             "every load and refuses the checkpoint if the template, EOS, length or weights no longer give them.")
 
 
-def _limits_section(metadata: dict) -> str:
-    metrics = metadata.get("dev_metrics") or {}
+def _limits_section(metadata: CheckpointMetadata) -> str:
+    metrics = metadata.dev_metrics or {}
     limits = ["- It learned only what its training data prefers; scores on other domains are not validated here.",
               "- A reward is a ranking signal: compare texts for the same prompt; absolute values carry no meaning "
               "(use the stored reward mean/std to normalize).",

@@ -1,6 +1,6 @@
 """Evaluation metrics on scored preference groups: pairs, soft/tie labels and rankings.
 
-Pair and per-source accuracy come from rlhf_rm.diagnostics (one definition each), so the trainer's dev
+Pair and per-source accuracy come from rlhf_rm.evaluation.diagnostics (one definition each), so the trainer's dev
 metrics, its diagnostics.json and the `rlhf_rm.evaluate` report agree by construction.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlhf_rm.diagnostics import accuracy_by_source, diagnose, margin_accuracy
+from rlhf_rm.evaluation.diagnostics import accuracy_by_source, diagnose, margin_accuracy
 
 # A tie counts as recognised when the model's preference probability σ(Δ) is within this of 0.5.
 TIE_TOLERANCE = 0.1
@@ -106,7 +106,7 @@ class HardPairs:
     ids: list = field(default_factory=list)  # the group's index, as a string
 
     def diagnose(self, **options) -> dict:
-        """rlhf_rm.diagnostics.diagnose on these pairs (length bias, calibration, worst pairs, per source)."""
+        """rlhf_rm.evaluation.diagnostics.diagnose on these pairs (length bias, calibration, worst pairs, per source)."""
         return diagnose(self.chosen, self.rejected, self.chosen_lengths, self.rejected_lengths,
                         sources=self.sources, ids=self.ids, **options)
 

@@ -2,7 +2,7 @@
 
 Pure functions of per-pair numbers (chosen/rejected rewards, response token lengths, source labels),
 so the trainer's dev evaluation, `rlhf_rm.evaluate` and tests all compute them the same way; pair and
-per-source accuracy are defined here once (`margin_accuracy`, `accuracy_by_source`) and rlhf_rm.metrics
+per-source accuracy are defined here once (`margin_accuracy`, `accuracy_by_source`) and rlhf_rm.evaluation.metrics
 uses them too.
 Every result is a JSON-ready dict.
 """

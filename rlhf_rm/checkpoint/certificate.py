@@ -1,6 +1,6 @@
 """Parity certificate: canary texts scored when a checkpoint is saved, re-scored whenever it is loaded.
 
-`issue_certificate` (called by `model.save_checkpoint`) loads the directory just written — the files a
+`issue_certificate` (called by `export.export_checkpoint`) scores with the directory just written — the files a
 peer would load — renders a fixed canary set (short, multi-turn, chat, truncated prompt, truncated
 response, a bare text), checks that plain `AutoTokenizer(dir)(text, truncation=True)` gives exactly our
 tokens, scores them and stores text, tokens and score in `parity_certificate.json`.
@@ -18,7 +18,7 @@ import logging
 import math
 from pathlib import Path
 
-from rlhf_rm.rendering import RenderingSpec, template_digest
+from rlhf_rm.checkpoint.rendering import RenderingSpec, template_digest
 
 CERTIFICATE_FILE = "parity_certificate.json"
 # Accepted |score now − score at save| = atol + rtol·|score at save|, by the dtype the checkpoint is loaded in.
@@ -68,13 +68,11 @@ def _sequence(group) -> list[int]:
     return list(group.prompt_ids) + list(group.response_ids[0])
 
 
-def issue_certificate(directory: str | Path) -> dict:
-    """Score the canaries with the checkpoint as saved in `directory` and write the certificate."""
+def issue_certificate(scorer, directory: str | Path) -> dict:
+    """Score the canaries with `scorer` — a RewardScorer loaded, unverified, from the checkpoint as saved in
+    `directory` — and write the certificate there."""
     from transformers import AutoTokenizer
 
-    from rlhf_rm.scoring import RewardScorer
-
-    scorer = RewardScorer(str(directory), verify=False)
     plain = AutoTokenizer.from_pretrained(str(directory))
     items = canaries(scorer.encoder)
     encoded = [scorer.encode(item["prompt"], item["response"]) for item in items]

@@ -25,8 +25,7 @@ def build_reward_model(weights: str, tokenizer, model: ModelConfig, attention: s
                                      ensemble_size=model.ensemble_size, attention=attention,
                                      length_head=model.length_head.enabled)
     if model.lora.enabled:
-        apply_lora(reward_model, {"r": model.lora.r, "alpha": model.lora.alpha, "dropout": model.lora.dropout,
-                                  "target_modules": list(model.lora.target_modules)})
+        apply_lora(reward_model, model.lora)
     if gradient_checkpointing:
         reward_model.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return reward_model
