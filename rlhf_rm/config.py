@@ -1,6 +1,6 @@
 """Typed configuration: one dataclass per Hydra group, the only place defaults are declared.
 
-The YAML files under rlhf_rm/conf/ only set values (a data set's paths, a loss's parameters, a preset);
+The YAML files under conf/ only set values (a data set's paths, a loss's parameters, a preset);
 every key's type and default lives here. Hydra composes the YAML on top of these schemas (registered in
 its ConfigStore as `train_schema` / `evaluate_schema`), so a misspelt key or a wrong type stops the run
 at composition; `settings_from()` then turns the composed config into a `TrainConfig` once, at the edge,
@@ -178,7 +178,7 @@ class EvaluateConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
 
 
-# Each Hydra group (a directory of rlhf_rm/conf) and the schema its options fill. `loss` options are
+# Each Hydra group (a directory of conf) and the schema its options fill. `loss` options are
 # checked against the loss registry (rlhf_rm.losses.LOSSES); `experiment` presets may set any key;
 # `serve` is read by rlhf_rm.serve into its own dataclass (rlhf_rm.serve.config.ServeConfig).
 GROUP_SCHEMAS: dict[str, Any] = {

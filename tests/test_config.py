@@ -1,4 +1,4 @@
-"""Every YAML under rlhf_rm/conf composes against the typed schemas, config mistakes stop the run before any
+"""Every YAML under conf composes against the typed schemas, config mistakes stop the run before any
 worker starts, and the shipped config is found through the package."""
 
 from __future__ import annotations
@@ -51,19 +51,21 @@ def test_evaluate_yaml_composes():
 
 
 def test_conf_is_found_through_the_installed_package():
-    """rlhf_rm.conf is package data (importlib.resources), not a path relative to the repository."""
+    """conf/ at the top level is the only copy; it is read as the package rlhf_rm.conf (importlib.resources),
+    never as a path relative to the repository, and every YAML in it is shipped."""
     import importlib.resources
-
-    import rlhf_rm
-
-    assert CONF == Path(str(importlib.resources.files("rlhf_rm.conf")))
-    assert CONF.parent == Path(rlhf_rm.__file__).parent and (CONF / "config.yaml").is_file()
     import tomllib
 
-    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
-    shipped = pyproject["tool"]["setuptools"]["package-data"]["rlhf_rm.conf"]
+    repo = Path(__file__).resolve().parents[1]
+    assert CONF == Path(str(importlib.resources.files("rlhf_rm.conf"))) == repo / "conf"
+    assert (CONF / "config.yaml").is_file() and not (repo / "rlhf_rm" / "conf").exists()
+    setuptools = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"]["rlhf_rm.conf"] == "conf"
+    shipped = setuptools["package-data"]["*"]
     yaml_files = {p.relative_to(CONF) for p in CONF.rglob("*.yaml")}
-    assert all(any(p.match(pattern) for pattern in shipped) for p in yaml_files)
+    assert yaml_files and all(any(Path(p.name).match(pattern) for pattern in shipped) for p in yaml_files)
+    groups = {f"rlhf_rm.conf.{p.name}" for p in CONF.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert groups <= set(setuptools["packages"]), groups - set(setuptools["packages"])
 
 
 def test_loss_names_in_conf_match_registry():

@@ -1,5 +1,6 @@
-"""The package's shape, checked by reading its source (fast, nothing imported): short functions, and data
-flowing one way (rlhf_rm/data reads and validates; it imports nothing above it)."""
+"""The package's shape, checked by reading its source (fast, nothing imported): short functions, no import
+circles (function-level imports counted), data flowing one way (rlhf_rm/data reads and validates; it imports
+nothing above it), serving never importing training, and a package root of entry points and shared modules."""
 
 from __future__ import annotations
 

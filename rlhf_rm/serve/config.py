@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "serve" / "default.yaml"
+# conf/serve/default.yaml, found through the installed package (conf/ ships as rlhf_rm.conf).
+DEFAULT_CONFIG = Path(str(resources.files("rlhf_rm.conf"))) / "serve" / "default.yaml"
 
 
 @dataclass
