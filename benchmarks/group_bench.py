@@ -83,7 +83,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from rlhf_rm.scoring import RewardScorer
+    from rlhf_rm.checkpoint.scorer import RewardScorer
 
     torch.set_num_threads(args.torch_threads)
     checkpoint = args.checkpoint or build_bench_checkpoint(Path(tempfile.mkdtemp(prefix="group_bench_")), 256, 4)

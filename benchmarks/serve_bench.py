@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from rlhf_rm.scoring import RewardScorer
+    from rlhf_rm.checkpoint.scorer import RewardScorer
 
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="serve_bench_"))

@@ -106,7 +106,7 @@ def run_rlhf_rm(args, backbone: str, variant: str) -> dict:
     from rlhf_rm.losses import build_loss
     from rlhf_rm.evaluation.metrics import group_metrics
     from rlhf_rm.model import load_reward_model, load_tokenizer
-    from rlhf_rm.scoring import score_groups
+    from rlhf_rm.checkpoint.scorer import score_groups
     from rlhf_rm.training.steps import build_optimizer, train_step
 
     train, dev = load_slices(args.pairs, args.dev_pairs)

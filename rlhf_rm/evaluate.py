@@ -37,7 +37,7 @@ from rlhf_rm.evaluation.rewardbench import rewardbench_report
 def evaluate(cfg: DictConfig, report_dir: Path) -> dict:
     import torch
 
-    from rlhf_rm.scoring import RewardScorer
+    from rlhf_rm.checkpoint.scorer import RewardScorer
 
     started = time.perf_counter()
     checkpoint = os.path.normpath(to_absolute_path(cfg.checkpoint))

@@ -10,9 +10,9 @@ import argparse
 import json
 import sys
 
+from rlhf_rm.checkpoint.scorer import RewardScorer
 from rlhf_rm.data import load_pairs
 from rlhf_rm.evaluation.metrics import pair_metrics
-from rlhf_rm.scoring import RewardScorer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -147,7 +147,7 @@ def test_report_folder_from_tiny_checkpoint(tmp_path, tiny_checkpoint):
 
     # The report's scores are the scorer's: re-score one pair directly.
     from rlhf_rm.data import load_pairs
-    from rlhf_rm.scoring import RewardScorer
+    from rlhf_rm.checkpoint.scorer import RewardScorer
 
     pairs, _ = load_pairs(FIXTURES / "hh_dev_small.jsonl")
     scores = [json.loads(line) for line in (report_dir / "scores.jsonl").read_text().splitlines()]
@@ -162,7 +162,7 @@ def check_rewardbench_block(block: dict, checkpoint: str, rb1: Path, rb2: Path) 
     checkpoint records no training data, so v1 prompts are HH-style plain text (`auto`), v2 ones chat."""
     from rlhf_rm.data import load_pairs
     from rlhf_rm.evaluation.rewardbench import best_of_n
-    from rlhf_rm.scoring import RewardScorer
+    from rlhf_rm.checkpoint.scorer import RewardScorer
 
     scorer = RewardScorer(checkpoint)
     pairs, _ = load_pairs([{"path": str(rb1), "format": "rewardbench", "prompt_style": "plain"}])

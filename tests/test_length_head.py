@@ -128,7 +128,7 @@ def test_saved_checkpoint_is_the_plain_quality_head(tmp_path, odin_model, tiny_t
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rlhf_rm.checkpoint.export import export_checkpoint
-    from rlhf_rm.scoring import RewardScorer
+    from rlhf_rm.checkpoint.scorer import RewardScorer
 
     batch = collate(groups, tiny_tokenizer.pad_token_id, "packed_shared")
     optimizer = torch.optim.AdamW(odin_model.parameters(), lr=1e-2)

@@ -238,7 +238,7 @@ def test_ensemble_heads_score_mean_and_spread(tmp_path, tiny_backbone, tiny_toke
     from rlhf_rm.losses import build_loss
     from rlhf_rm.model import load_reward_model
     from rlhf_rm.checkpoint.export import export_checkpoint
-    from rlhf_rm.scoring import RewardScorer
+    from rlhf_rm.checkpoint.scorer import RewardScorer
     from rlhf_rm.training.recipe import ensemble_loss
 
     torch.manual_seed(0)

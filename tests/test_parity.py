@@ -21,7 +21,7 @@ from rlhf_rm.losses import LossInputs, build_loss
 from rlhf_rm.model import load_reward_model
 from rlhf_rm.checkpoint.export import export_checkpoint
 from rlhf_rm.checkpoint.rendering import RenderingSpec
-from rlhf_rm.scoring import RewardScorer
+from rlhf_rm.checkpoint.scorer import RewardScorer
 
 HH = "\n\nHuman: {}\n\nAssistant:"
 CHAT_PROMPT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},

@@ -62,7 +62,7 @@ def checkpoints(tmp_path_factory, tiny_model, tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def direct(checkpoints):
-    from rlhf_rm.scoring import RewardScorer
+    from rlhf_rm.checkpoint.scorer import RewardScorer
 
     return RewardScorer(checkpoints[0]), RewardScorer(checkpoints[1])
 
@@ -644,7 +644,7 @@ def test_ensemble_mean_and_spread_through_the_client(pool, texts, tmp_path, tiny
 
     from rlhf_rm.model import load_reward_model
     from rlhf_rm.checkpoint.export import export_checkpoint
-    from rlhf_rm.scoring import RewardScorer
+    from rlhf_rm.checkpoint.scorer import RewardScorer
     from rlhf_rm.serve import RewardClient
     from rlhf_rm.serve.app import start
 

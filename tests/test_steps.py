@@ -12,7 +12,7 @@ from rlhf_rm.batching.tokenize import ResponseEncoder
 from rlhf_rm.config import TrainerConfig
 from rlhf_rm.data import load_pairs
 from rlhf_rm.losses import build_loss
-from rlhf_rm.scoring import score_groups
+from rlhf_rm.checkpoint.scorer import score_groups
 from rlhf_rm.training.steps import build_optimizer, train_step
 
 
@@ -38,7 +38,7 @@ def test_score_groups_does_not_depend_on_layout_or_batching(tiny_model, tiny_tok
 def test_score_groups_matches_the_checkpoint_scorer(tmp_path, tiny_model, tiny_tokenizer):
     """RewardScorer (one padded row per text) and score_groups give the same score for each text."""
     from rlhf_rm.checkpoint.export import export_checkpoint
-    from rlhf_rm.scoring import RewardScorer
+    from rlhf_rm.checkpoint.scorer import RewardScorer
 
     checkpoint = export_checkpoint(tiny_model, tiny_tokenizer, tmp_path / "ckpt", {"max_length": 128})
     scorer = RewardScorer(str(checkpoint))

@@ -14,7 +14,7 @@ PACKAGE = REPO / "rlhf_rm"
 MAX_FUNCTION_LINES = 80
 # rlhf_rm/data/ may import only the standard library, third-party packages and rlhf_rm.data itself.
 ABOVE_DATA = ("rlhf_rm.batching", "rlhf_rm.model", "rlhf_rm.train", "rlhf_rm.prepare", "rlhf_rm.losses",
-              "rlhf_rm.serve", "rlhf_rm.scoring", "rlhf_rm.config")
+              "rlhf_rm.serve", "rlhf_rm.checkpoint.scorer", "rlhf_rm.config")
 
 
 def python_files(root: Path) -> list[Path]:

@@ -47,7 +47,7 @@ def test_two_worker_ddp_run_learns_and_checkpoint_reloads(tmp_path, tiny_backbon
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rlhf_rm.data import load_pairs
-    from rlhf_rm.scoring import RewardScorer
+    from rlhf_rm.checkpoint.scorer import RewardScorer
 
     metrics = train_tiny(tmp_path, tiny_backbone, ["trainer.epochs=6"])
     checkpoint = metrics["checkpoint"]

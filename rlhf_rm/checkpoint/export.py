@@ -12,8 +12,8 @@ from pathlib import Path
 from rlhf_rm.checkpoint.certificate import issue_certificate
 from rlhf_rm.checkpoint.metadata import read_metadata
 from rlhf_rm.checkpoint.model_card import CARD_FILE, render_model_card
+from rlhf_rm.checkpoint.scorer import RewardScorer
 from rlhf_rm.model import save_checkpoint
-from rlhf_rm.scoring import RewardScorer
 
 
 def export_checkpoint(model, tokenizer, directory: str | Path, metadata: dict, state_dict: dict | None = None,

@@ -30,7 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from rlhf_rm.scoring import RewardScorer
+from rlhf_rm.checkpoint.scorer import RewardScorer
 from rlhf_rm.serve import stages
 from rlhf_rm.serve.config import LiveSettings
 from rlhf_rm.serve.protocol import (

@@ -20,11 +20,11 @@ import torch
 
 from rlhf_rm.batching.collate import collate
 from rlhf_rm.batching.planner import plan_steps, row_length
+from rlhf_rm.checkpoint.scorer import score_groups
 from rlhf_rm.config import TrainConfig, as_dict
 from rlhf_rm.evaluation.metrics import group_metrics, headline
 from rlhf_rm.losses import LengthPenalty, build_loss
 from rlhf_rm.model import load_tokenizer
-from rlhf_rm.scoring import score_groups
 from rlhf_rm.training.checkpoints import (
     DEEPSPEED_DIR,
     all_rng_states,

@@ -4,7 +4,7 @@
                                                                      (length_penalty=: ODIN's length head)
     build_optimizer(model, trainer_settings, total_steps)            AdamW + LR schedule
 
-The no-grad scoring pass (`score_groups`) lives with the scorer, in rlhf_rm/scoring.py.
+The no-grad scoring pass (`score_groups`) lives with the scorer, in rlhf_rm/checkpoint/scorer.py.
 """
 
 from __future__ import annotations
