@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-import rlhf_rm.config  # noqa: F401  (registers the config schemas with Hydra)
+from rlhf_rm.config import ConfigError  # importing rlhf_rm.config registers the schemas with Hydra
 from rlhf_rm.checkpoint.metadata import read_metadata
 from rlhf_rm.evaluation.dev_data import checkpoint_prompt_style, load_dev_pairs
 from rlhf_rm.evaluation.pairs import TextScores, benchmark_items, score_pairs
@@ -68,8 +68,24 @@ def evaluate(cfg: DictConfig, report_dir: Path) -> dict:
     return report
 
 
+# The data.* keys evaluation reads; a `data=` group file may carry training keys, but naming another one on the
+# command line would be silently ignored (lengths, EOS and template come from the checkpoint), so it is refused.
+EVALUATE_DATA_KEYS = ("dev", "dev_limit", "on_error", "prompt_separator")
+
+
+def refuse_ignored_overrides(overrides: list[str]) -> None:
+    """Raise ConfigError for command-line `data.*` overrides evaluation would not read."""
+    ignored = sorted({o.partition("=")[0].lstrip("+~") for o in overrides
+                      if o.lstrip("+~").startswith("data.")
+                      and o.lstrip("+~").partition("=")[0].split(".")[1] not in EVALUATE_DATA_KEYS})
+    if ignored:
+        raise ConfigError(f"evaluate does not read {', '.join(ignored)}: it scores data.dev with the checkpoint's "
+                          f"own rendering (max length, EOS, template); it reads data.{{{','.join(EVALUATE_DATA_KEYS)}}}")
+
+
 @hydra.main(config_path="pkg://rlhf_rm.conf", config_name="evaluate", version_base=None)
 def main(cfg: DictConfig) -> None:
+    refuse_ignored_overrides(list(HydraConfig.get().overrides.task))
     evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 

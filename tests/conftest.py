@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -61,3 +62,37 @@ def tiny_model(tiny_backbone, tiny_tokenizer):
     torch.manual_seed(0)
     model = load_reward_model(tiny_backbone, tiny_tokenizer, head_init_std=1.0)
     return model.eval()
+
+
+# -- test tiers: `make test-fast` runs `-m "not slow"` -------------------------------------------------------
+@contextlib.contextmanager
+def _processes_refused(item):
+    """While an unmarked test (and the fixtures it sets up) runs, starting a process raises: every test that
+    starts Ray, a server or another process must carry @pytest.mark.slow, or the fast tier would not be fast."""
+    if item.get_closest_marker("slow") is not None:
+        yield
+        return
+    import multiprocessing.process
+    import subprocess
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"{item.nodeid} starts a process: mark it @pytest.mark.slow")
+
+    saved = subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start
+    subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start = refuse, refuse
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start = saved
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    with _processes_refused(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    with _processes_refused(item):
+        yield

@@ -161,7 +161,7 @@ def _run(tmp_path, overrides: list[str], ray_train: _RayTrainStandIn, kill_at: i
     from rlhf_rm.model import load_tokenizer
     from rlhf_rm.prepare import build_encoder, prepare_splits
     from rlhf_rm.train import checkpoint_metadata
-    from rlhf_rm import trainer
+    from rlhf_rm.training import recipe as trainer
 
     settings = settings_from(compose(overrides))
     backbone = resolve_backbone(settings.model.path)

@@ -194,3 +194,15 @@ def test_evaluate_config_composes_with_every_data_group(data):
     assert cfg.checkpoint == "/ckpt"
     sources = dev_sources(cfg.data.dev)
     assert sources and all(Path(spec["path"]).is_absolute() and spec["as_pairs"] for _, spec in sources)
+
+
+def test_evaluate_refuses_data_settings_it_would_ignore():
+    """data.max_length (and every other training key) was accepted and silently ignored: the checkpoint's own
+    rendering decides lengths. Now the command line says so before anything is loaded; what it reads still works."""
+    from rlhf_rm.config import ConfigError
+    from rlhf_rm.evaluate import refuse_ignored_overrides
+
+    with pytest.raises(ConfigError, match=r"does not read data\.append_eos, data\.max_length: .*rendering"):
+        refuse_ignored_overrides(["checkpoint=/c", "data.max_length=64", "+data.append_eos=true", "data.dev=x"])
+    refuse_ignored_overrides(["checkpoint=/c", "data=general", "data.dev=x.jsonl", "data.dev_limit=4",
+                              "data.on_error=skip", "data.prompt_separator=A:"])
