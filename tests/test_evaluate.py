@@ -12,7 +12,7 @@ import pytest
 
 from conftest import FIXTURES
 from rlhf_rm.config import conf_dir
-from rlhf_rm.evaluation.diagnostics import calibration, diagnose, length_bias, pearson, worst_pairs
+from rlhf_rm.evaluation.diagnostics import calibration, diagnose, length_baseline, length_bias, pearson, worst_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,9 @@ def test_chosen_shorter_and_longer_split_per_source():
                       sources=["a", "a", "a", "b"])
     assert result["by_source"]["a"] == {"pairs": 3, "accuracy": pytest.approx(2 / 3), "shorter_chosen_pairs": 1,
                                         "shorter_chosen_accuracy": 1.0, "longer_chosen_pairs": 1,
-                                        "longer_chosen_accuracy": 0.0}
+                                        "longer_chosen_accuracy": 0.0, "length_baseline": 0.5,
+                                        "length_baseline_rule": "shorter wins", "equal_length_pairs": 1,
+                                        "margin_over_length_baseline": pytest.approx(2 / 3 - 0.5)}
     assert result["by_source"]["b"]["shorter_chosen_accuracy"] == 0.0
     assert result["by_source"]["b"]["longer_chosen_accuracy"] is None
     assert result["length"]["shorter_chosen_pairs"] == 2 and result["length"]["shorter_chosen_accuracy"] == 0.5
@@ -98,8 +100,52 @@ def test_chosen_shorter_and_longer_split_per_source():
     lines = source_lines({f"dev_{k}": v for k, v in {**metrics, "accuracy/a": 2 / 3, "accuracy/b": 0.0}.items()},
                          prefix="dev_")
     assert lines == ["  all sources: chosen shorter 0.500 (2 pairs), chosen longer 0.000 (1 pairs)",
-                     "  a: accuracy 0.667; chosen shorter 1.000 (1 pairs), chosen longer 0.000 (1 pairs)",
-                     "  b: accuracy 0.000; chosen shorter 0.000 (1 pairs), chosen longer n/a (0 pairs)"]
+                     "  a: accuracy 0.667; chosen shorter 1.000 (1 pairs), chosen longer 0.000 (1 pairs); "
+                     "length-only baseline 0.500 (shorter wins), margin +0.167",
+                     "  b: accuracy 0.000; chosen shorter 0.000 (1 pairs), chosen longer n/a (0 pairs); "
+                     "length-only baseline 1.000 (shorter wins), margin -1.000"]
+
+
+def test_length_baseline_counts_equal_lengths_half_and_names_its_rule():
+    """Pairs (chosen, rejected) lengths: (5, 9) (8, 3) (7, 2) (4, 4) (6, 6). Chosen shorter 1, longer 2, equal 2:
+    "shorter wins" gets 1 + 2/2 = 2 of 5, "longer wins" 2 + 1 = 3 of 5 → 0.6, named "longer wins". Margins
+    +, +, −, +, − → accuracy 0.6, margin over the baseline 0."""
+    chosen_len, rejected_len = [5, 8, 7, 4, 6], [9, 3, 2, 4, 6]
+    margins = [1.0, 1.0, -1.0, 1.0, -1.0]
+    result = length_bias(margins, [0.0] * 5, chosen_len, rejected_len)
+    assert (result["length_baseline"], result["length_baseline_rule"], result["equal_length_pairs"]) == (
+        pytest.approx(0.6), "longer wins", 2)
+    assert result["margin_over_length_baseline"] == pytest.approx(0.0)
+    # Label swap: the counts swap, so the named rule flips and the value stays; the model's accuracy becomes
+    # 1 − accuracy (no tied scores here) and the margin follows.
+    swapped = length_bias([0.0] * 5, margins, rejected_len, chosen_len)
+    assert (swapped["length_baseline"], swapped["length_baseline_rule"]) == (pytest.approx(0.6), "shorter wins")
+    assert swapped["margin_over_length_baseline"] == pytest.approx(0.4 - 0.6)
+    # Only counts are needed (stored benchmark rows); counts that do not fit are refused, no pairs give None.
+    assert length_baseline(3, 1, 4) == {"length_baseline": 0.75, "length_baseline_rule": "shorter wins",
+                                        "equal_length_pairs": 0}
+    assert length_baseline(1, 1, 2)["length_baseline_rule"] == "shorter wins"  # a tie between rules: named first
+    assert length_baseline(0, 0, 0)["length_baseline"] is None
+    with pytest.raises(ValueError, match="do not fit in 4 pairs"):
+        length_baseline(3, 2, 4)
+
+
+def test_headline_and_model_card_show_the_baseline():
+    from rlhf_rm.checkpoint.metadata import CheckpointMetadata
+    from rlhf_rm.checkpoint.model_card import _evaluation_section
+    from rlhf_rm.evaluation.metrics import headline
+
+    metrics = {"accuracy": 0.6, "mean_margin": 0.2, "length_baseline": 0.55, "length_baseline_rule": "shorter wins",
+               "margin_over_length_baseline": 0.05, "accuracy/a": 0.7, "length_baseline/a": 0.75,
+               "length_baseline_rule/a": "longer wins", "margin_over_length_baseline/a": -0.05}
+    assert headline({f"dev_{k}": v for k, v in metrics.items()}, prefix="dev_") == (
+        "accuracy 0.600, mean_margin 0.200; length-only baseline 0.550 (shorter wins), margin +0.050")
+    assert headline({"accuracy": 0.6}) == "accuracy 0.600"  # no pairs with lengths: no baseline
+    card = _evaluation_section(CheckpointMetadata(dev_metrics=metrics))
+    assert "| length-only baseline (shorter wins; equal lengths count half) | 0.5500 |" in card
+    assert "| margin over the length-only baseline | +0.0500 |" in card
+    assert "| length-only baseline on `a` (longer wins; equal lengths count half) | 0.7500 |" in card
+    assert "| margin over the length-only baseline on `a` | -0.0500 |" in card
 
 
 def test_constant_input_has_undefined_correlation():
@@ -114,6 +160,7 @@ def tiny_checkpoint(tmp_path_factory, tiny_model, tiny_tokenizer) -> str:
                                {"max_length": 512}))
 
 
+@pytest.mark.slow
 def test_report_folder_from_tiny_checkpoint(tmp_path, tiny_checkpoint):
     """The CLI writes the markdown, JSON and PNGs; four files give four data sources, two of them RewardBench
     files (v1 detected by its keys, v2 named with chat prompts) that also get the `rewardbench` block."""
@@ -155,6 +202,50 @@ def test_report_folder_from_tiny_checkpoint(tmp_path, tiny_checkpoint):
     assert scores[0]["chosen"] == pytest.approx(direct, abs=1e-5)
     markdown = (report_dir / "report.md").read_text()
     assert f"| accuracy | {report['rewards']['accuracy']:.3f} |" in markdown
+    # The length-only baseline beside every accuracy: headline, per source, report.md.
+    length = report["length"]
+    assert f"length-only baseline {length['length_baseline']:.3f} ({length['length_baseline_rule']})" in out.stdout
+    assert f"| length-only baseline ({length['length_baseline_rule']}; " in markdown
+    assert out.stdout.count("length-only baseline") == 1 + len(report["by_source"])
+
+
+def evaluate_in_process(checkpoint: str, dev: Path, report_dir: Path) -> dict:
+    """The real `rlhf_rm.evaluate` path (config, data, scorer, report) in this process."""
+    from rlhf_rm.config import compose
+    from rlhf_rm.evaluate import evaluate
+
+    return evaluate(compose([f"checkpoint={checkpoint}", f"data.dev={dev}"], config_name="evaluate"), report_dir)
+
+
+def test_swapping_chosen_and_rejected_gives_one_minus_accuracy(tmp_path, tiny_checkpoint):
+    """Label-swap sanity check through the evaluation path: the same 16 pairs with chosen and rejected swapped
+    score each pair's two sides the other way round, so accuracy becomes 1 − accuracy − (tied scores); the
+    length-only baseline names the other rule with the same value."""
+    source = FIXTURES / "hh_dev_small.jsonl"
+    swapped = tmp_path / "swapped.jsonl"
+    rows = [json.loads(line) for line in source.read_text().splitlines()]
+    swapped.write_text("".join(json.dumps({"chosen": r["rejected"], "rejected": r["chosen"]}) + "\n" for r in rows))
+    report = evaluate_in_process(tiny_checkpoint, source, tmp_path / "as_labelled")
+    mirror = evaluate_in_process(tiny_checkpoint, swapped, tmp_path / "swapped")
+
+    def scores(name):
+        return [json.loads(line) for line in (tmp_path / name / "scores.jsonl").read_text().splitlines()]
+
+    straight, turned = scores("as_labelled"), scores("swapped")
+    assert len(straight) == len(turned) == 16
+    for a, b in zip(straight, turned):  # the same texts, each on the other side
+        assert (b["chosen"], b["rejected"]) == (pytest.approx(a["rejected"], abs=1e-5), pytest.approx(a["chosen"], abs=1e-5))
+        assert (b["chosen_length"], b["rejected_length"]) == (a["rejected_length"], a["chosen_length"])
+    tied = sum(abs(a["chosen"] - a["rejected"]) <= 1e-5 for a in straight) / 16
+    accuracy, swapped_accuracy = report["rewards"]["accuracy"], mirror["rewards"]["accuracy"]
+    assert swapped_accuracy == pytest.approx(1 - accuracy - tied)
+    length, mirrored = report["length"], mirror["length"]
+    assert (length["shorter_chosen_pairs"], length["longer_chosen_pairs"]) == (
+        mirrored["longer_chosen_pairs"], mirrored["shorter_chosen_pairs"])
+    assert length["shorter_chosen_pairs"] != length["longer_chosen_pairs"]  # else the rule has no direction to flip
+    assert mirrored["length_baseline"] == pytest.approx(length["length_baseline"])
+    assert {length["length_baseline_rule"], mirrored["length_baseline_rule"]} == {"shorter wins", "longer wins"}
+    assert mirrored["margin_over_length_baseline"] == pytest.approx(swapped_accuracy - length["length_baseline"])
 
 
 def check_rewardbench_block(block: dict, checkpoint: str, rb1: Path, rb2: Path) -> None:

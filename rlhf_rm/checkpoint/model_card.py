@@ -139,11 +139,24 @@ def _evaluation_section(metadata: CheckpointMetadata) -> str:
         return "## Evaluation\n\nNo evaluation was stored with this checkpoint."
     split = metadata.data.get("dev", "the dev split")
     rows = "\n".join(f"| {label} | {fmt(metrics[key])} |" for key, label in EVALUATION_ROWS if key in metrics)
+    rows += _baseline_rows(metrics, "")
     per_source = "\n".join(f"| accuracy on `{key.split('/', 1)[1]}` | {fmt(value)} |"
+                            + _baseline_rows(metrics, "/" + key.split("/", 1)[1])
                            for key, value in metrics.items() if key.startswith("accuracy/"))
     return (f"## Evaluation\n\nSplit: `{json.dumps(split, ensure_ascii=False)}` (the `data.dev` of the training run; "
             f"figures computed at the final step).\n\n| metric | value |\n|---|---|\n{rows}"
             + (f"\n{per_source}" if per_source else ""))
+
+
+def _baseline_rows(metrics: dict, suffix: str) -> str:
+    """The length-only baseline of the same dev pairs and the margin over it (issue 29), as table rows."""
+    if metrics.get(f"length_baseline{suffix}") is None:
+        return ""
+    margin = metrics.get(f"margin_over_length_baseline{suffix}")
+    where = f" on `{suffix[1:]}`" if suffix else ""
+    return (f"\n| length-only baseline{where} ({metrics.get(f'length_baseline_rule{suffix}')}; equal lengths count "
+            f"half) | {fmt(metrics[f'length_baseline{suffix}'])} |\n| margin over the length-only baseline{where} "
+            f"| {'n/a' if margin is None else f'{margin:+.4f}'} |")
 
 
 def _certificate_section(certificate: dict | None) -> str:

@@ -155,10 +155,35 @@ def accuracy_by_source(chosen: Sequence[float], rejected: Sequence[float], sourc
 
 
 def length_split(margin: np.ndarray, chosen_lengths: np.ndarray, rejected_lengths: np.ndarray) -> dict:
-    """Accuracy on the pairs whose chosen response is strictly shorter, and strictly longer, than the rejected."""
+    """Accuracy on the pairs whose chosen response is strictly shorter, and strictly longer, than the rejected;
+    and the length-only baseline on the same pairs with the model's margin over it (`length_baseline`)."""
     shorter, longer = chosen_lengths < rejected_lengths, chosen_lengths > rejected_lengths
+    baseline = length_baseline(int(shorter.sum()), int(longer.sum()), int(margin.size))
+    accuracy = margin_accuracy(margin)
+    over = None if accuracy is None or baseline["length_baseline"] is None else accuracy - baseline["length_baseline"]
     return {"shorter_chosen_pairs": int(shorter.sum()), "shorter_chosen_accuracy": margin_accuracy(margin[shorter]),
-            "longer_chosen_pairs": int(longer.sum()), "longer_chosen_accuracy": margin_accuracy(margin[longer])}
+            "longer_chosen_pairs": int(longer.sum()), "longer_chosen_accuracy": margin_accuracy(margin[longer]),
+            **baseline, "margin_over_length_baseline": over}
+
+
+def length_baseline(shorter_chosen_pairs: int, longer_chosen_pairs: int, pairs: int) -> dict:
+    """The length-only baseline: the better of "the shorter reply wins" and "the longer reply wins" on these
+    pairs, an equal-length pair counted as half right (a coin flip). Lengths are each response's own tokens as
+    the model saw them. A reward must beat this to show it learned more than length (issue 29).
+
+    `length_baseline_rule` names the winning rule ("shorter wins" on a tie between the two rules); swapping
+    chosen and rejected swaps the counts, so the rule flips and the value stays. Only counts are needed, so
+    stored benchmark rows that kept them (benchmarks/quality_bench.py) get the same figure."""
+    equal = pairs - shorter_chosen_pairs - longer_chosen_pairs
+    if min(shorter_chosen_pairs, longer_chosen_pairs, equal) < 0:
+        raise ValueError(f"{shorter_chosen_pairs} chosen-shorter and {longer_chosen_pairs} chosen-longer pairs "
+                         f"do not fit in {pairs} pairs")
+    if pairs == 0:
+        return {"length_baseline": None, "length_baseline_rule": None, "equal_length_pairs": 0}
+    shorter_wins = (shorter_chosen_pairs + equal / 2) / pairs
+    longer_wins = (longer_chosen_pairs + equal / 2) / pairs
+    rule, value = ("shorter wins", shorter_wins) if shorter_wins >= longer_wins else ("longer wins", longer_wins)
+    return {"length_baseline": value, "length_baseline_rule": rule, "equal_length_pairs": equal}
 
 
 def worst_pairs(chosen: Sequence[float], rejected: Sequence[float], k: int = 10,

@@ -12,6 +12,29 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _signed(value) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
+
+
+def _source_table(by_source: dict) -> list[str]:
+    """Accuracy per data source beside its own length-only baseline (issue 29) and the chosen shorter / longer split."""
+    return [
+        "| source | pairs | accuracy | length-only baseline | margin over it | chosen shorter (pairs) "
+        "| chosen longer (pairs) |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| `{source}` | {row['pairs']} | {fmt(row['accuracy'])} | {fmt(row['length_baseline'])} "
+          f"({row['length_baseline_rule']}) | {_signed(row['margin_over_length_baseline'])} "
+          f"| {fmt(row['shorter_chosen_accuracy'])} ({row['shorter_chosen_pairs']}) "
+          f"| {fmt(row['longer_chosen_accuracy'])} ({row['longer_chosen_pairs']}) |"
+          for source, row in by_source.items()],
+        "",
+        "The length-only baseline is the better of \"the shorter reply wins\" and \"the longer reply wins\" on the "
+        "same pairs (response tokens as scored, after truncation; equal lengths count as half right); a reward "
+        "that only counts tokens reaches it without learning anything else.",
+        "",
+    ]
+
+
 def render_markdown(report: dict) -> str:
     rewards, calib, length = report["rewards"], report["calibration"], report["length"]
     lines = [
@@ -26,6 +49,9 @@ def render_markdown(report: dict) -> str:
         "| metric | value |",
         "|---|---|",
         f"| accuracy | {fmt(rewards['accuracy'])} |",
+        f"| length-only baseline ({length['length_baseline_rule']}; equal lengths count half) "
+        f"| {fmt(length['length_baseline'])} |",
+        f"| margin over the length-only baseline | {_signed(length['margin_over_length_baseline'])} |",
         f"| mean margin | {fmt(rewards['mean_margin'])} |",
         f"| expected calibration error | {fmt(calib['ece'])} |",
         f"| reward–length Pearson r | {fmt(length['reward_length_correlation'])} |",
@@ -38,12 +64,7 @@ def render_markdown(report: dict) -> str:
         "",
         "## Accuracy per data source",
         "",
-        "| source | pairs | accuracy | chosen shorter (pairs) | chosen longer (pairs) |",
-        "|---|---|---|---|---|",
-        *[f"| `{source}` | {row['pairs']} | {fmt(row['accuracy'])} | {fmt(row['shorter_chosen_accuracy'])} "
-          f"({row['shorter_chosen_pairs']}) | {fmt(row['longer_chosen_accuracy'])} ({row['longer_chosen_pairs']}) |"
-          for source, row in report["by_source"].items()],
-        "",
+        *_source_table(report["by_source"]),
         *(rewardbench_markdown(report["rewardbench"]) if report.get("rewardbench") else []),
         "## Calibration",
         "",

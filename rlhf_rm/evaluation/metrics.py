@@ -132,14 +132,28 @@ HEADLINE_KEYS = ("accuracy", "mean_margin", "tie_aware_accuracy", "ranking_top1_
 
 
 def headline(metrics: dict, prefix: str = "") -> str:
-    """One line with the main metric of each data shape present."""
-    return ", ".join(f"{key} {metrics[prefix + key]:.3f}" for key in HEADLINE_KEYS if prefix + key in metrics)
+    """One line with the main metric of each data shape present, and the length-only baseline of the pairs."""
+    line = ", ".join(f"{key} {metrics[prefix + key]:.3f}" for key in HEADLINE_KEYS if prefix + key in metrics)
+    baseline = baseline_text(metrics, prefix)
+    return f"{line}; {baseline}" if baseline else line
+
+
+def baseline_text(metrics: dict, prefix: str = "", suffix: str = "") -> str:
+    """"length-only baseline 0.553 (shorter wins), margin -0.014", from the keys dev_report.length_metrics adds
+    (suffix "/<source>" for one source); empty when the metrics have no baseline."""
+    value = metrics.get(f"{prefix}length_baseline{suffix}")
+    if value is None:
+        return ""
+    margin = metrics.get(f"{prefix}margin_over_length_baseline{suffix}")
+    return (f"length-only baseline {value:.3f} ({metrics.get(f'{prefix}length_baseline_rule{suffix}')}), "
+            f"margin {'n/a' if margin is None else f'{margin:+.3f}'}")
 
 
 def source_lines(metrics: dict, prefix: str = "") -> list[str]:
     """Printed lines for the end of training: the chosen shorter / longer split of the pair accuracy, overall
-    and per dev source (record_diagnostics' keys), e.g. "  hh_rlhf: accuracy 0.600; chosen shorter 0.700 (10
-    pairs), chosen longer 0.400 (10 pairs)"."""
+    and per dev source (record_diagnostics' keys), with each source's length-only baseline, e.g. "  hh_rlhf:
+    accuracy 0.600; chosen shorter 0.700 (10 pairs), chosen longer 0.400 (10 pairs); length-only baseline
+    0.550 (shorter wins), margin +0.050"."""
     def split(suffix: str) -> str:
         return ", ".join(f"chosen {side} {_fmt(metrics.get(f'{prefix}accuracy_chosen_{side}{suffix}'))} "
                          f"({metrics.get(f'{prefix}pairs_chosen_{side}{suffix}', 0)} pairs)"
@@ -149,7 +163,8 @@ def source_lines(metrics: dict, prefix: str = "") -> list[str]:
         return []
     lines = [f"  all sources: {split('')}"]
     sources = [key[len(f"{prefix}accuracy/"):] for key in metrics if key.startswith(f"{prefix}accuracy/")]
-    lines += [f"  {source}: accuracy {_fmt(metrics[f'{prefix}accuracy/{source}'])}; {split('/' + source)}"
+    lines += ["; ".join(filter(None, [f"  {source}: accuracy {_fmt(metrics[f'{prefix}accuracy/{source}'])}",
+                                      split('/' + source), baseline_text(metrics, prefix, '/' + source)]))
               for source in sources]
     return lines
 

@@ -50,15 +50,23 @@ def write_report(report: dict, scored: ScoredPairs, directory: str | Path) -> Pa
 
 
 def summary_text(report: dict) -> str:
-    """The printed summary: headline numbers, the chosen shorter / longer split, per source, RewardBench."""
+    """The printed summary: headline numbers with the length-only baseline, the chosen shorter / longer split,
+    per source, RewardBench."""
     rewards, length = report["rewards"], report["length"]
-    lines = [f"accuracy {fmt(rewards['accuracy'])} on {rewards['pairs']} pairs; "
+    lines = [f"accuracy {fmt(rewards['accuracy'])} on {rewards['pairs']} pairs; {baseline_text(length)}; "
              f"ECE {fmt(report['calibration']['ece'])}; reward-length r {fmt(length['reward_length_correlation'])}; {_length_split(length)}"]
     if len(report["by_source"]) > 1:
-        lines += [f"  {source}: accuracy {fmt(row['accuracy'])} on {row['pairs']} pairs; {_length_split(row)}"
-                  for source, row in report["by_source"].items()]
+        lines += [f"  {source}: accuracy {fmt(row['accuracy'])} on {row['pairs']} pairs; {baseline_text(row)}; "
+                  f"{_length_split(row)}" for source, row in report["by_source"].items()]
     lines += [rewardbench_summary(label, bench) for label, bench in report.get("rewardbench", {}).items()]
     return "\n".join(lines)
+
+
+def baseline_text(row: dict) -> str:
+    """"length-only baseline 0.553 (shorter wins), margin -0.014" from a diagnostics row (diagnostics.length_split)."""
+    margin = row.get("margin_over_length_baseline")
+    return (f"length-only baseline {fmt(row.get('length_baseline'))} ({row.get('length_baseline_rule') or 'no pairs'}), "
+            f"margin {'n/a' if margin is None else f'{margin:+.3f}'}")
 
 
 def _length_split(row: dict) -> str:

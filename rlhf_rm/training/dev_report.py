@@ -26,8 +26,9 @@ def record_diagnostics(groups, scores: list, run_dir: str, tracker, step: int, t
 
 
 def length_metrics(diagnostics: dict) -> dict:
-    """Reward–length correlation and accuracy where the chosen response is shorter / longer (issue 16: every
-    report splits them), overall and, with several dev sources, per source."""
+    """Reward–length correlation, accuracy where the chosen response is shorter / longer (issue 16: every
+    report splits them) and the length-only baseline with the margin over it (issue 29), overall and, with
+    several dev sources, per source."""
     length = diagnostics["length"]
     metrics = {"length_reward_correlation": length["reward_length_correlation"]}
     rows = {"": length}
@@ -37,7 +38,11 @@ def length_metrics(diagnostics: dict) -> dict:
         metrics.update({f"accuracy_chosen_shorter{suffix}": row["shorter_chosen_accuracy"],
                         f"pairs_chosen_shorter{suffix}": row["shorter_chosen_pairs"],
                         f"accuracy_chosen_longer{suffix}": row["longer_chosen_accuracy"],
-                        f"pairs_chosen_longer{suffix}": row["longer_chosen_pairs"]})
+                        f"pairs_chosen_longer{suffix}": row["longer_chosen_pairs"],
+                        # issue 29: the length-only baseline on the same pairs, its rule, the margin over it
+                        f"length_baseline{suffix}": row["length_baseline"],
+                        f"length_baseline_rule{suffix}": row["length_baseline_rule"],
+                        f"margin_over_length_baseline{suffix}": row["margin_over_length_baseline"]})
     return metrics
 
 
