@@ -209,28 +209,62 @@ def run_piece(arm: str, seed: int, work: Path, extra: list[str]) -> Path:
 
 
 # -- merge -------------------------------------------------------------------------------------------
-def mean_std(values: list[float], digits: int = 3) -> str:
+def mean_std(values: list[float], digits: int = 3, signed: bool = False) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "–"
+    sign = "+" if signed else ""
     if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+        return f"{values[0]:{sign}.{digits}f}"
+    return f"{statistics.mean(values):{sign}.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def row_baseline(figures: dict, pairs_key: str = "test_pairs") -> dict | None:
+    """The length-only baseline of a row's test pairs (rlhf_rm.evaluation.diagnostics.length_baseline: the better
+    of "shorter wins" and "longer wins", equal lengths half) from the counts the row stored, and the row's margin
+    over it; None for a row without those counts (nothing is invented for it)."""
+    from rlhf_rm.evaluation.diagnostics import length_baseline
+
+    counts = [figures.get(k) for k in ("shorter_chosen_pairs", "longer_chosen_pairs", pairs_key)]
+    if any(c is None for c in counts):
+        return None
+    baseline = length_baseline(*counts)
+    accuracy = figures.get("test_accuracy", figures.get("accuracy"))
+    return {**baseline, "margin": None if accuracy is None else accuracy - baseline["length_baseline"]}
+
+
+def baseline_cells(rows: list[dict], pairs_key: str = "test_pairs") -> tuple[str, str]:
+    """Table cells "baseline (rule)" and "margin over it" (mean ± std over the rows that hold the counts);
+    "—" when none does."""
+    baselines = [b for b in (row_baseline(r, pairs_key) for r in rows) if b is not None]
+    if not baselines:
+        return "—", "—"
+    rules = "/".join(sorted({b["length_baseline_rule"] for b in baselines}))
+    values = [b["length_baseline"] for b in baselines]  # the same pairs in every seed: one value, shown once
+    return (f"{mean_std(values if len(set(values)) > 1 else values[:1])} ({rules})",
+            mean_std([b["margin"] for b in baselines], signed=True))
+
+
+BASELINE_NOTE = ("Length-only baseline: the better of \"the shorter reply wins\" and \"the longer reply wins\" on the "
+                 "same test pairs (equal lengths count half), computed from each row's stored chosen-shorter / "
+                 "chosen-longer counts (rlhf_rm.evaluation.diagnostics.length_baseline); \"margin\" is test accuracy "
+                 "minus it, per seed.")
 
 
 def merge(rows: list[dict]) -> str:
     by_arm: dict[str, list[dict]] = {}
     for row in rows:
         by_arm.setdefault(row["arm"], []).append(row)
-    lines = ["| run | seeds | train pairs | training loop (s) | test accuracy | chosen longer | chosen shorter "
-             "| reward–length r |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | seeds | train pairs | training loop (s) | test accuracy | length-only baseline | margin over it "
+             "| chosen longer | chosen shorter | reward–length r |", "|---|---|---|---|---|---|---|---|---|---|"]
     for arm in [a for a in ARMS if a in by_arm and a != "general"]:
         group = sorted(by_arm[arm], key=lambda r: r["seed"])
+        baseline, margin = baseline_cells(group)
         lines.append(
             f"| {ARMS[arm][0]} | {len(group)} ({', '.join(str(r['seed']) for r in group)}) "
             f"| {round(statistics.mean(r['train_pairs'] for r in group))} "
             f"| {statistics.mean(r['train_seconds'] for r in group):.0f} "
-            f"| {mean_std([r['test_accuracy'] for r in group])} "
+            f"| {mean_std([r['test_accuracy'] for r in group])} | {baseline} | {margin} "
             f"| {mean_std([r['longer_chosen_accuracy'] for r in group])} "
             f"| {mean_std([r['shorter_chosen_accuracy'] for r in group])} "
             f"| {mean_std([r['reward_length_correlation'] for r in group], 2)} |")
@@ -243,6 +277,7 @@ def merge(rows: list[dict]) -> str:
              f"({first.get('longer_chosen_pairs')} with the chosen response longer, "
              f"{first.get('shorter_chosen_pairs')} shorter, the rest equal, in rlhf_rm's response tokens). "
              "Mean ± sample std over seeds.",
+             BASELINE_NOTE + baseline_caveats(hh_rows),
              f"Device: {', '.join(devices)}; pieces run {dates[0] if dates else '?'} to {dates[-1] if dates else '?'}; "
              f"rows: benchmarks/results/quality/*.json (seed, commit, load average each)."]
     text = "\n".join(lines) + "\n\n" + "\n".join(notes)
@@ -250,6 +285,18 @@ def merge(rows: list[dict]) -> str:
         cross = [json.loads(p.read_text()) for p in sorted(ON_GENERAL.glob("*.json"))]
         text += "\n\n" + merge_general(sorted(by_arm["general"], key=lambda r: r["seed"]), cross)
     return text
+
+
+def baseline_caveats(rows: list[dict]) -> str:
+    """What the baseline column rests on: rows without counts ("—"), and TRL's own length count."""
+    missing = sorted({f"{r['arm']}-seed{r['seed']}" for r in rows if row_baseline(r) is None})
+    notes = [f" \"—\": the rows {', '.join(missing)} did not store the length counts."] if missing else []
+    trl = {(r["shorter_chosen_pairs"], r["longer_chosen_pairs"]) for r in rows if r["arm"] == "trl" and row_baseline(r)}
+    ours = {(r["shorter_chosen_pairs"], r["longer_chosen_pairs"]) for r in rows if r["arm"] != "trl" and row_baseline(r)}
+    if trl:
+        same = "the same counts as rlhf_rm's, so the same baseline" if trl == ours else "counts that differ from rlhf_rm's"
+        notes.append(f" TRL's rows count each reply's tokens with the same tokenizer on the untruncated reply text: {same}.")
+    return "".join(notes)
 
 
 def merge_general(group: list[dict], cross: list[dict] = ()) -> str:
@@ -264,13 +311,14 @@ def merge_general(group: list[dict], cross: list[dict] = ()) -> str:
     lines = [f"`experiment=general`, {len(group)} seed(s) ({', '.join(str(r['seed']) for r in group)}), "
              f"{round(statistics.mean(r['train_pairs'] for r in group))} training groups, training loop "
              f"{statistics.mean(r['train_seconds'] for r in group):.0f} s, job {statistics.mean(r['job_seconds'] for r in group):.0f} s:",
-             "", "| test source | pairs | test accuracy | chosen longer | chosen shorter |"
-             + (f" HH-only `{cross_arm}` checkpoint, same pairs ({len(cross)} seed(s)) |" if cross else ""),
-             "|---|---|---|---|---|" + ("---|" if cross else "")]
+             "", "| test source | pairs | test accuracy | length-only baseline | margin over it | chosen longer "
+             "| chosen shorter |" + (f" HH-only `{cross_arm}` checkpoint, same pairs ({len(cross)} seed(s)) |" if cross else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if cross else "")]
     for source in GENERAL_SOURCES:
+        baseline, margin = baseline_cells([r["by_source"].get(source, {}) for r in group], pairs_key="pairs")
         lines.append(f"| {source} | {group[0]['by_source'].get(source, {}).get('pairs', 0)} "
-                     f"| {figure(source, 'accuracy')} | {figure(source, 'longer_chosen_accuracy')} "
-                     f"| {figure(source, 'shorter_chosen_accuracy')} |"
+                     f"| {figure(source, 'accuracy')} | {baseline} | {margin} "
+                     f"| {figure(source, 'longer_chosen_accuracy')} | {figure(source, 'shorter_chosen_accuracy')} |"
                      + (f" {figure(source, 'accuracy', cross)} |" if cross else ""))
     lines.append(f"\nQA-Feedback's ties ({group[0].get('ties')}) are left out of pair accuracy; tie-aware accuracy over "
                  f"every dev pair of the three sources, ties included: "
