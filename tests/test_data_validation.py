@@ -116,7 +116,8 @@ def test_parquet_schema_mismatch_is_one_error_naming_file_and_columns(tmp_path):
         load_pairs(path)
     assert str(error.value).startswith(
         f"{path}: Parquet columns ['prompt', 'choosen', 'rejected'] match no known layout: "
-        "expected columns chosen/rejected or responses/ranks (plus 'prompt') (did you mean 'choosen' for 'chosen'?)")
+        "expected columns chosen/rejected or responses/ranks or response/score (plus 'prompt') "
+        "(did you mean 'choosen' for 'chosen'?)")
     pairs, report = load_pairs(path, on_error="skip", quarantine_path=tmp_path / "q.jsonl")
     assert pairs == [] and report.rows_read == 2 and report.quarantined == {"schema mismatch": 2}
     entries = (tmp_path / "q.jsonl").read_text().splitlines()

@@ -14,7 +14,7 @@ from rlhf_rm.losses import LOSSES, LossInputs, build_loss
 
 CONFIGS = {
     "bradley_terry": {}, "regularized": {"coefficient": 0.1}, "margin": {"margin": None}, "hinge": {"margin": 1.0},
-    "soft_label": {}, "pairwise_all": {}, "plackett_luce": {},
+    "soft_label": {}, "pairwise_all": {}, "plackett_luce": {}, "pointwise_mse": {},
     "combo": {"terms": [{"weight": 0.8, "loss": {"name": "bradley_terry"}},
                         {"weight": 0.2, "loss": {"name": "plackett_luce"}}]},
 }
@@ -31,6 +31,8 @@ def training_groups(tokenizer):
     ranking = RankedResponses("\n\nHuman: Rank these.\n\nAssistant:", [" Best answer.", " Fine.", " No.", " ?"],
                               [0, 1, 2, 3], "r:1")
     groups.append(encoder.encode_example(ranking, "ranked"))
+    scored, _ = load_pairs(FIXTURES / "pointwise_small.jsonl")  # {"prompt", "response", "score"} rows
+    groups += [encoder.encode_example(example, "graded") for example in scored]
     return groups
 
 

@@ -18,6 +18,7 @@ def groups_to_table(groups: list[EncodedGroup]):
         "ranks": pa.array([list(g.ranks) for g in groups], pa.list_(pa.int32())),
         "probability": pa.array([g.probability for g in groups], pa.float64()),
         "margin": pa.array([g.margin for g in groups], pa.float64()),
+        "score": pa.array([g.score for g in groups], pa.float64()),
         "source": pa.array([g.source for g in groups], pa.string()),
         "response_lengths": pa.array([g.lengths() for g in groups], pa.list_(pa.int32())),
     })
@@ -25,11 +26,12 @@ def groups_to_table(groups: list[EncodedGroup]):
 
 def table_to_groups(table) -> list[EncodedGroup]:
     columns = table.to_pydict()
+    missing = [None] * table.num_rows  # shards written before a column existed
     return [EncodedGroup(prompt_ids=p, response_ids=r, prompt_truncated=pt, response_truncated=rt, kind=k,
-                         ranks=tuple(ra), probability=pr, margin=m, source=s, response_lengths=n)
-            for p, r, pt, rt, k, ra, pr, m, s, n in zip(
+                         ranks=tuple(ra), probability=pr, margin=m, score=sc, source=s, response_lengths=n)
+            for p, r, pt, rt, k, ra, pr, m, sc, s, n in zip(
                 columns["prompt_ids"], columns["response_ids"], columns["prompt_truncated"],
                 columns["response_truncated"], columns["kind"], columns["ranks"], columns["probability"],
-                columns["margin"], columns["source"],
-                # shards written before the column existed: lengths fall back to len(response_ids)
-                columns.get("response_lengths", [None] * table.num_rows))]
+                columns["margin"], columns.get("score", missing), columns["source"],
+                # without response_lengths, lengths fall back to len(response_ids)
+                columns.get("response_lengths", missing))]

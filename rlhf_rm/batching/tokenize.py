@@ -11,7 +11,7 @@ import copy
 from dataclasses import dataclass, replace
 
 from rlhf_rm.checkpoint.rendering import RenderingSpec, apply_to_tokenizer
-from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses, Text
+from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses, ScoredResponse, Text
 
 
 @dataclass
@@ -27,10 +27,11 @@ class EncodedGroup:
     response_ids: list[list[int]]
     prompt_truncated: bool = False
     response_truncated: bool = False
-    kind: str = "pair"  # "pair" | "ranking"
+    kind: str = "pair"  # "pair" | "ranking" | "pointwise" (one response with a scalar `score`)
     ranks: tuple = (0, 1)
     probability: float = 1.0  # pairs: P(first ≻ second) >= 0.5 (readers orient pairs); 0.5 is a tie
     margin: float | None = None
+    score: float | None = None  # pointwise groups: the response's scalar label (ScoredResponse.score)
     source: str = ""
     # Each response's own tokens as a single-text scorer counts them (the text's tokens after its prompt ends,
     # after truncation). Not len(response_ids[k]): where truncation cut a pair's prompt at two places, the
@@ -148,6 +149,9 @@ class ResponseEncoder:
         if isinstance(example, RankedResponses):
             group = self.encode_group(example.prompt, example.responses)
             return replace(group, kind="ranking", ranks=tuple(example.ranks), source=source)
+        if isinstance(example, ScoredResponse):
+            group = self.encode_group(example.prompt, [example.response])
+            return replace(group, kind="pointwise", ranks=(0,), score=example.score, source=source)
         example = example.oriented()  # the preferred response first, whoever built the pair
         group = self.encode_group(example.prompt, [example.chosen, example.rejected])
         return replace(group, probability=example.probability, margin=example.margin, source=source)

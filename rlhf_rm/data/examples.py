@@ -51,4 +51,18 @@ class RankedResponses:
     item_id: str | None = None  # benchmark rows: the row's own id
 
 
-Example = Union[PreferencePair, RankedResponses]
+@dataclass(frozen=True)
+class ScoredResponse:
+    """One response with a scalar human label (a grade, a rating): a pointwise example, for regression losses
+    (loss=pointwise_mse). Not a comparison: pair accuracy and the pairwise losses never see it."""
+
+    prompt: Text
+    response: Text
+    score: float
+    origin: str
+    split_key: str | None = None  # what the train/dev hash split keys on (None: the prompt)
+    subset: str | None = None  # kept for the loader's dedup key, as on the other examples
+    item_id: str | None = None
+
+
+Example = Union[PreferencePair, RankedResponses, ScoredResponse]

@@ -7,6 +7,8 @@ Layouts:
   implicit  {"chosen", "rejected"}: two full texts sharing a dialogue prefix (HH-RLHF style);
             the prompt is the shared text up to the last prompt separator ("\\n\\nAssistant:"),
             or the shared leading messages for chat lists (TRL's implicit-prompt format).
+  pointwise {"prompt", "response", "score"}: one response with a finite scalar label (a grade, a rating),
+            for regression losses (loss=pointwise_mse); not a comparison.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import math
 import os
 from typing import Any
 
-from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses
+from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses, ScoredResponse
 
 
 class RowError(ValueError):
@@ -34,14 +36,40 @@ CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 PAIR_KEYS = ("prompt", "chosen", "rejected", "probability", "margin")
 RANKING_KEYS = ("prompt", "responses", "ranks")
-KNOWN_KEYS = frozenset(PAIR_KEYS + RANKING_KEYS)
+POINTWISE_KEYS = ("prompt", "response", "score")
+KNOWN_KEYS = frozenset(PAIR_KEYS + RANKING_KEYS + POINTWISE_KEYS)
 
 
 def parse_row(row: Any, origin: str, prompt_separator: str = "\n\nAssistant:") -> Example:
-    """A pair or a ranking, whichever layout the row has."""
+    """A pair, a ranking or a scored response, whichever layout the row has."""
+    if isinstance(row, dict) and _looks_pointwise(row):
+        return parse_scored(row, origin)
     if isinstance(row, dict) and _looks_like_ranking(row):
         return parse_ranking(row, origin)
     return parse_pair(row, origin, prompt_separator)
+
+
+def _looks_pointwise(row: dict) -> bool:
+    """A row with 'response' or 'score' and no key of the other layouts (a pair's or a ranking's extra 'score'
+    column, e.g. a rating kept beside chosen/rejected, leaves the row what it was)."""
+    return ("response" in row or "score" in row) and not any(
+        key in row for key in ("chosen", "rejected", "responses", "ranks"))
+
+
+def parse_scored(row: dict, origin: str) -> ScoredResponse:
+    _require(row, POINTWISE_KEYS)
+    _reject_misspelled(row, POINTWISE_KEYS)
+    prompt, response, score = row["prompt"], row["response"], row["score"]
+    _check_text("prompt", prompt)
+    _check_text("response", response)
+    if isinstance(prompt, list) and isinstance(response, str):
+        response = [{"role": "assistant", "content": response}]
+    elif isinstance(prompt, str) != isinstance(response, str):
+        raise RowError("prompt and response must be both strings or both chat message lists", "wrong type")
+    _check_response_ends_with_assistant("response", response)
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+        raise RowError(f"'score' must be a finite number, got {score!r}", "wrong type")
+    return ScoredResponse(prompt=prompt, response=response, score=float(score), origin=origin)
 
 
 def _looks_like_ranking(row: dict) -> bool:

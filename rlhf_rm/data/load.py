@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses
+from rlhf_rm.data.examples import Example, PreferencePair, RankedResponses, ScoredResponse
 from rlhf_rm.data.formats import RowError
 from rlhf_rm.data.readers import DEFAULT_MAX_ROW_BYTES
 from rlhf_rm.data.rewardbench import BENCHMARK_FORMATS
@@ -96,6 +96,8 @@ def example_key(example: Example) -> str:
     """Identity for deduplication: prompt, responses in order and labels (not the origin)."""
     if isinstance(example, RankedResponses):
         body = ["ranking", example.prompt, example.responses, example.ranks, example.scores]
+    elif isinstance(example, ScoredResponse):
+        body = ["pointwise", example.prompt, example.response, example.score]
     else:
         body = ["pair", example.prompt, [example.chosen, example.rejected], example.probability, example.margin]
     if example.subset is not None:  # a benchmark row repeated in two subsets counts in both
@@ -105,15 +107,22 @@ def example_key(example: Example) -> str:
 
 def is_chat(example: Example) -> bool:
     """Chat messages (the template renders them) rather than plain text."""
-    response = example.chosen if isinstance(example, PreferencePair) else example.responses[0]
+    response = responses_of(example)[0]
     return isinstance(example.prompt, list) or isinstance(response, list)
 
 
 def content_key(example: Example) -> str:
     """Identity for the train/dev overlap check: the prompt and the set of responses, whatever the labels
     (a pair that appears flipped in dev still leaks its texts)."""
-    responses = [example.chosen, example.rejected] if isinstance(example, PreferencePair) else example.responses
+    responses = responses_of(example)
     return _digest([example.prompt, sorted(json.dumps(r, sort_keys=True, ensure_ascii=False) for r in responses)])
+
+
+def responses_of(example: Example) -> list:
+    """The example's responses, in order: chosen/rejected, a ranking's responses, or the one scored response."""
+    if isinstance(example, PreferencePair):
+        return [example.chosen, example.rejected]
+    return [example.response] if isinstance(example, ScoredResponse) else example.responses
 
 
 def _digest(value) -> str:

@@ -32,7 +32,7 @@ from rlhf_rm.data.readers import RawRow, expand_paths, read_rows
 from rlhf_rm.data.rewardbench import BENCHMARK_FORMATS, parse_benchmark_row
 
 FORMATS = ("preference", "oasst_trees", "qa_feedback", "conala_grades", *BENCHMARK_FORMATS)
-PREFERENCE_COLUMNS = (("chosen", "rejected"), ("responses", "ranks"))  # Parquet layouts the preference format reads
+PREFERENCE_COLUMNS = (("chosen", "rejected"), ("responses", "ranks"), ("response", "score"))  # Parquet layouts the preference format reads
 
 
 @dataclass

@@ -87,6 +87,10 @@ def group_metrics(groups, scores: list[list[float]]) -> dict[str, float]:
         if "reward_mean" not in out:
             flat = torch.tensor([v for _, s in rankings for v in s], dtype=torch.float64)
             out["reward_mean"], out["reward_std"] = float(flat.mean()), float(flat.std(unbiased=False))
+    pointwise = [(g.score, s[0]) for g, s in zip(groups, scores) if g.kind == "pointwise"]
+    if pointwise:  # regression data (loss=pointwise_mse): the error against the labels, in the labels' units
+        out["pointwise_mse"] = sum((reward - label) ** 2 for label, reward in pointwise) / len(pointwise)
+        out["pointwise"] = len(pointwise)
     by_source = accuracy_by_source(hard.chosen, hard.rejected, hard.sources) if hard.chosen else {}
     if len(by_source) > 1:
         for source, row in by_source.items():
@@ -128,7 +132,8 @@ def hard_pairs(groups, scores: list[list[float]]) -> HardPairs:
     return pairs
 
 
-HEADLINE_KEYS = ("accuracy", "mean_margin", "tie_aware_accuracy", "ranking_top1_accuracy", "ranking_kendall_tau")
+HEADLINE_KEYS = ("accuracy", "mean_margin", "tie_aware_accuracy", "ranking_top1_accuracy", "ranking_kendall_tau",
+                 "pointwise_mse")
 
 
 def headline(metrics: dict, prefix: str = "") -> str:

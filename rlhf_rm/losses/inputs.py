@@ -15,6 +15,8 @@ class LossInputs:
     is_pair: torch.Tensor  # [G] bool
     probability: torch.Tensor  # [G] P(first ≻ second) for pairs (0.5 = tie), nan for rankings
     margin: torch.Tensor  # [G] human margin for pairs, nan where unknown
+    score: torch.Tensor | None = None  # [G] scalar label of pointwise groups (column 0), nan for the others
+    is_pointwise: torch.Tensor | None = None  # [G] bool
 
     @classmethod
     def from_groups(cls, groups, rewards: torch.Tensor, mask: torch.Tensor) -> "LossInputs":
@@ -22,7 +24,7 @@ class LossInputs:
         k_max = rewards.shape[1]
         ranks = torch.full((len(groups), k_max), float("inf"), device=device, dtype=dtype)
         for row, group in enumerate(groups):
-            row_ranks = group.ranks if group.kind == "ranking" else ((0, 0) if group.probability == 0.5 else (0, 1))
+            row_ranks = group.ranks if group.kind != "pair" else ((0, 0) if group.probability == 0.5 else (0, 1))
             ranks[row, : len(row_ranks)] = torch.tensor(row_ranks, dtype=dtype, device=device)
         nan = float("nan")
         return cls(
@@ -31,12 +33,22 @@ class LossInputs:
             probability=torch.tensor([g.probability if g.kind == "pair" else nan for g in groups],
                                      device=device, dtype=dtype),
             margin=torch.tensor([nan if g.margin is None else g.margin for g in groups], device=device, dtype=dtype),
+            score=torch.tensor([g.score if g.kind == "pointwise" else nan for g in groups], device=device, dtype=dtype),
+            is_pointwise=torch.tensor([g.kind == "pointwise" for g in groups], device=device, dtype=torch.bool),
         )
 
     def pair_rewards(self, include_ties: bool = False):
         """(r_first, r_second, probability, margin) of the pair groups; ties dropped unless asked for."""
         keep = self.is_pair if include_ties else self.is_pair & (self.probability != 0.5)
         return (self.rewards[keep, 0], self.rewards[keep, 1], self.probability[keep], self.margin[keep])
+
+
+def pointwise_rewards(inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reward, label) of the pointwise groups: their one response's reward and its scalar score."""
+    if inputs.is_pointwise is None:
+        empty = inputs.rewards.new_zeros(0)
+        return empty, empty
+    return inputs.rewards[inputs.is_pointwise, 0], inputs.score[inputs.is_pointwise]
 
 
 def mean_or_zero(values: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:

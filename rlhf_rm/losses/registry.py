@@ -2,7 +2,7 @@
 
 A loss is a callable LossInputs → scalar with two attributes the start-up check reads:
   consumes  the group kinds it learns from: {"pair"} for pairwise losses, {"pair", "ranking"} for
-            listwise ones (a pair is a ranking of two);
+            listwise ones (a pair is a ranking of two), {"pointwise"} for regression on scalar labels;
   requires  labels the data must carry, e.g. {"margin"}.
 """
 
@@ -47,6 +47,14 @@ class LossDataMismatch(ValueError):
 def check_loss_fits_data(loss: RankingLoss, kinds: set[str], labels: set[str], data_name: str = "data") -> None:
     """Fail at start-up, not mid-run, when the data lacks what the loss needs."""
     unusable = kinds - set(loss.consumes)
+    if "pointwise" in unusable:
+        raise LossDataMismatch(
+            f"loss {describe(loss)} learns from {sorted(loss.consumes)} but {data_name} has pointwise rows "
+            f"(prompt/response/score); use loss=pointwise_mse, or a loss=combo with a pointwise_mse term")
+    if unusable and set(loss.consumes) == {"pointwise"}:
+        raise LossDataMismatch(
+            f"loss {describe(loss)} learns from pointwise rows (prompt/response/score) only but {data_name} has "
+            f"{sorted(unusable)}; use a ranking loss for comparisons, or a loss=combo with both")
     if unusable:
         raise LossDataMismatch(
             f"loss {describe(loss)} learns from {sorted(loss.consumes)} but {data_name} also has "
