@@ -142,9 +142,13 @@ def test_headline_and_model_card_show_the_baseline():
         "accuracy 0.600, mean_margin 0.200; length-only baseline 0.550 (shorter wins), margin +0.050")
     assert headline({"accuracy": 0.6}) == "accuracy 0.600"  # no pairs with lengths: no baseline
     card = _evaluation_section(CheckpointMetadata(dev_metrics=metrics))
-    assert "| length-only baseline (shorter wins; equal lengths count half) | 0.5500 |" in card
-    assert "| margin over the length-only baseline | +0.0500 |" in card
-    assert "| length-only baseline on `a` (longer wins; equal lengths count half) | 0.7500 |" in card
+    assert "| length-only baseline (the better of shorter / longer reply wins; equal lengths count half) | 0.5500 |" \
+        in card
+    assert "| length-only baseline rule | shorter wins |" in card
+    assert "| margin over the length-only baseline | 0.0500 |" in card
+    assert "| length-only baseline on `a` (the better of shorter / longer reply wins; equal lengths count half) " \
+        "| 0.7500 |" in card
+    assert "| length-only baseline rule on `a` | longer wins |" in card
     assert "| margin over the length-only baseline on `a` | -0.0500 |" in card
 
 

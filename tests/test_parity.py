@@ -219,7 +219,9 @@ def test_model_card_figures_come_from_rlhf_rm_json(tmp_path, tiny_model, tiny_to
                                  "dev": {"rows_read": 16, "used": 16, "examples": 16, "quarantined": 0,
                                          "deduplicated": 0, "prompt_truncated": 0, "response_truncated": 0}},
                 "dev_metrics": {"accuracy": 0.6875, "ece": 0.0412, "length_reward_correlation": -0.47,
-                                "accuracy_chosen_shorter": 0.8, "accuracy_chosen_longer": 0.45, "reward_mean": 0.12},
+                                "accuracy_chosen_shorter": 0.8, "accuracy_chosen_longer": 0.45, "reward_mean": 0.12,
+                                "length_baseline": 0.5625, "length_baseline_rule": "shorter wins",
+                                "margin_over_length_baseline": 0.125},
                 "steps": 7, "final": True, "max_length": 128}
     directory = export_checkpoint(tiny_model, tiny_tokenizer, tmp_path / "ckpt", metadata)
     card = (directory / "README.md").read_text()

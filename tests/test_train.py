@@ -43,7 +43,7 @@ def first_and_last_losses(checkpoint: str) -> tuple[float, float]:
     return sum(losses[:per_epoch]) / per_epoch, sum(losses[-per_epoch:]) / per_epoch
 
 
-def test_two_worker_ddp_run_learns_and_checkpoint_reloads(tmp_path, tiny_backbone, ray_cluster):
+def test_two_worker_ddp_run_learns_and_checkpoint_reloads(tmp_path, tiny_backbone, ray_cluster, capsys):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rlhf_rm.data import load_pairs
@@ -74,6 +74,16 @@ def test_two_worker_ddp_run_learns_and_checkpoint_reloads(tmp_path, tiny_backbon
         assert saved[f"dev_pairs_chosen_{side}"] == int(members.sum()) > 0
         right = (chosen > rejected)[members].double().mean()
         assert saved[f"dev_accuracy_chosen_{side}"] == pytest.approx(float(right))
+    # The length-only baseline of the same pairs and the margin over it (issue 29), in metrics.json and the
+    # printed dev line.
+    from rlhf_rm.evaluation.diagnostics import length_baseline
+
+    baseline = length_baseline(int((chosen_len < rejected_len).sum()), int((chosen_len > rejected_len).sum()), len(pairs))
+    assert saved["dev_length_baseline"] == pytest.approx(baseline["length_baseline"])
+    assert saved["dev_length_baseline_rule"] == baseline["length_baseline_rule"]
+    assert saved["dev_margin_over_length_baseline"] == pytest.approx(metrics["dev_accuracy"] - baseline["length_baseline"])
+    dev_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("dev: "))
+    assert f"length-only baseline {baseline['length_baseline']:.3f} ({baseline['length_baseline_rule']})" in dev_line
 
     # Plain HF loading, no rlhf_rm code and no manual EOS: the same scores.
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)

@@ -149,14 +149,14 @@ def _evaluation_section(metadata: CheckpointMetadata) -> str:
 
 
 def _baseline_rows(metrics: dict, suffix: str) -> str:
-    """The length-only baseline of the same dev pairs and the margin over it (issue 29), as table rows."""
+    """The length-only baseline of the same dev pairs, its rule and the margin over it (issue 29), as table rows."""
     if metrics.get(f"length_baseline{suffix}") is None:
         return ""
-    margin = metrics.get(f"margin_over_length_baseline{suffix}")
     where = f" on `{suffix[1:]}`" if suffix else ""
-    return (f"\n| length-only baseline{where} ({metrics.get(f'length_baseline_rule{suffix}')}; equal lengths count "
-            f"half) | {fmt(metrics[f'length_baseline{suffix}'])} |\n| margin over the length-only baseline{where} "
-            f"| {'n/a' if margin is None else f'{margin:+.4f}'} |")
+    return (f"\n| length-only baseline{where} (the better of shorter / longer reply wins; equal lengths count half) "
+            f"| {fmt(metrics[f'length_baseline{suffix}'])} |"
+            f"\n| length-only baseline rule{where} | {fmt(metrics.get(f'length_baseline_rule{suffix}'))} |"
+            f"\n| margin over the length-only baseline{where} | {fmt(metrics.get(f'margin_over_length_baseline{suffix}'))} |")
 
 
 def _certificate_section(certificate: dict | None) -> str:
