@@ -114,6 +114,7 @@ def tiny_checkpoint(tmp_path_factory, tiny_model, tiny_tokenizer) -> str:
                                {"max_length": 512}))
 
 
+@pytest.mark.slow
 def test_report_folder_from_tiny_checkpoint(tmp_path, tiny_checkpoint):
     """The CLI writes the markdown, JSON and PNGs; four files give four data sources, two of them RewardBench
     files (v1 detected by its keys, v2 named with chat prompts) that also get the `rewardbench` block."""
