@@ -235,6 +235,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, p
         torch.testing.assert_close(resumed_weights[name], tensor, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_deepspeed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, prepared):
     """DeepSpeed ZeRO-2 (one process, gloo): the resumed run restores the engine's sharded state and
     ends where the uninterrupted run ends."""
@@ -289,6 +290,7 @@ def test_each_rank_restores_its_own_rng_state():
         assert torch.equal(torch.get_rng_state(), expected), rank
 
 
+@pytest.mark.slow
 def test_wandb_offline_files_hold_the_metrics_and_tables_of_an_ensemble_run(tmp_path, monkeypatch, prepared):
     """A real offline W&B run (logger=wandb, WANDB_MODE=offline from conftest) of a 2-head ensemble with the
     length head: its summary holds the train and dev metrics (the ensemble's spread among them) and the worst-pairs table

@@ -115,6 +115,7 @@ def test_launcher_never_puts_secret_values_on_a_command_line_or_in_job_metadata(
     assert seen["mode"] == 0o600 and not seen["file"].exists()  # private to us, and removed after submitting
 
 
+@pytest.mark.slow
 def test_cluster_nodes_export_the_secrets_file_into_ray_start(tmp_path):
     """The one way secrets reach jobs: every node's `ray start` runs with ~/.rlhf_rm/secrets.env exported
     (and a node without the file still starts)."""
@@ -256,6 +257,7 @@ def _wait_for_job_server(address: str, timeout_s: float) -> None:
         time.sleep(1)
 
 
+@pytest.mark.slow
 def test_ray_job_submit_trains_tiny_model(local_cluster, tiny_backbone, tmp_path):
     """launchers/submit.py → `ray job submit` → SUCCEEDED (one Train worker: the 2-worker DDP path is
     tests/test_train.py's; here the point is the job path), with the checkpoint and metrics.json in the

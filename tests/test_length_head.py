@@ -207,6 +207,7 @@ def _head_rewards(head_rewards, features, w_q, w_l):
     return head_rewards(features @ w_q, features @ w_l, cosine)
 
 
+@pytest.mark.slow
 def test_two_workers_get_the_gradient_of_the_batch_wide_correlation():
     """Two gloo workers holding 6 and 4 of 10 responses: the penalty each reports and the DDP-averaged
     gradient equal one process's on all 10 (ρ over the whole step, not per worker: without the all-gather

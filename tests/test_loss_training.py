@@ -89,6 +89,7 @@ def test_regularized_drives_pair_sums_toward_zero(tiny_backbone, tiny_tokenizer)
     assert regularized < 0.25 * plain, (plain, regularized)
 
 
+@pytest.mark.slow
 def test_general_experiment_trains_on_pairs_rankings_and_ties(tmp_path, tiny_backbone):
     """`experiment=general` (HH pairs + OASST rankings + QA-Feedback soft labels and ties, loss=combo of
     soft_label and plackett_luce) on a tiny model and 8 rows per source: it learns, and every dev source has

@@ -26,6 +26,8 @@ TOKEN = "test-token-not-a-secret"
 APP = "rm_test"
 TOL = 1e-5
 
+pytestmark = pytest.mark.slow  # every test here runs Ray (the fast tier leaves them out)
+
 
 def free_port() -> int:
     with socket.socket() as sock:

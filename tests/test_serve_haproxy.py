@@ -15,6 +15,8 @@ import pytest
 from test_serve import (TOKEN_ENV, assert_scores, checkpoints, direct, expected,  # noqa: F401 - fixtures
                         free_port, kill_replicas_until_one_held_requests, running_pool, texts)
 
+pytestmark = pytest.mark.slow  # every test here runs Ray (the fast tier leaves them out)
+
 
 @pytest.fixture(scope="module")
 def hpool(checkpoints):

@@ -95,6 +95,7 @@ def stream_config(train, on_error="skip"):
     return DataConfig(train=str(train), on_error=on_error, streaming=True, rows_per_unit=8, max_length=256)
 
 
+@pytest.mark.slow
 def test_streamed_split_accounts_for_every_row(tmp_path, monkeypatch, tiny_backbone, tiny_tokenizer, ray_local):
     """Slices of 8 lines prepared by a Ray Data actor pool: bad rows quarantined with file:line, repeats in
     later slices removed (first occurrence kept), rows in = used + quarantined + deduplicated, the shards
@@ -139,6 +140,7 @@ def test_streamed_split_accounts_for_every_row(tmp_path, monkeypatch, tiny_backb
                                workers=2)
 
 
+@pytest.mark.slow
 def test_streamed_two_worker_run_trains(tmp_path, monkeypatch, tiny_backbone, ray_local):
     """data.streaming=true end to end: shards → Ray Data → get_dataset_shard on 2 DDP workers → steps over
     several epochs that lower the loss, then the usual checkpoint and dev metrics; trainer.max_steps stops it."""

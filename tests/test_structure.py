@@ -74,6 +74,7 @@ def test_benchmarks_use_only_public_names(path):
     assert not private, private
 
 
+@pytest.mark.slow
 def test_missing_shared_data_fails_tests_instead_of_skipping_them():
     """Tests on ../shared/data used to skip silently without it; CI always has it, so a missing set is a
     failure. No test may skip on it, and a test that needs it fails when it is absent."""

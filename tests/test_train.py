@@ -12,6 +12,8 @@ import torch
 
 from conftest import FIXTURES
 
+pytestmark = pytest.mark.slow  # every test here runs Ray (the fast tier leaves them out)
+
 
 
 @pytest.fixture(scope="module")

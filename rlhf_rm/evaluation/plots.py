@@ -24,13 +24,22 @@ PLOTS = {
 
 
 def plot_report(report: dict, scored: ScoredPairs, directory: Path) -> None:
+    """The four figures of report.md, as PNG files in `directory`."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on cluster nodes
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    # Reliability diagram: observed preference frequency per bin of σ(r_a − r_b), against the diagonal.
+    for draw, name in ((_reliability, "reliability"), (_histograms, "histograms"),
+                       (_length_buckets, "length_buckets"), (_reward_vs_length, "reward_vs_length")):
+        fig = draw(plt, report, scored)
+        fig.tight_layout()
+        fig.savefig(directory / PLOTS[name], dpi=110)
+        plt.close(fig)
+
+
+def _reliability(plt, report: dict, scored: ScoredPairs):
+    """Observed preference frequency per bin of σ(r_a − r_b), against the diagonal."""
     calib = report["calibration"]
     filled = [b for b in calib["bins"] if b["count"]]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -48,11 +57,13 @@ def plot_report(report: dict, scored: ScoredPairs, directory: Path) -> None:
     bottom.set_xlabel("predicted σ(r_a − r_b) (each pair counted in both orders)")
     bottom.set_ylabel("count")
     bottom.set_xlim(0, 1)
-    fig.tight_layout()
-    fig.savefig(directory / PLOTS["reliability"], dpi=110)
-    plt.close(fig)
+    return fig
 
-    # Reward histograms: chosen vs rejected on shared bins, and the margin.
+
+def _histograms(plt, report: dict, scored: ScoredPairs):
+    """Chosen vs rejected rewards on shared bins, and the margins."""
+    import numpy as np
+
     chosen, rejected = np.asarray(scored.chosen), np.asarray(scored.rejected)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     edges = np.histogram_bin_edges(np.concatenate([chosen, rejected]), bins=30)
@@ -67,11 +78,11 @@ def plot_report(report: dict, scored: ScoredPairs, directory: Path) -> None:
     right.axvline(0, color="black", linestyle="--")
     right.set_xlabel("margin r_chosen − r_rejected")
     right.set_title(f"Margins: accuracy {float((margin > 0).mean()):.3f}")
-    fig.tight_layout()
-    fig.savefig(directory / PLOTS["histograms"], dpi=110)
-    plt.close(fig)
+    return fig
 
-    # Accuracy per length bucket, pair counts on the bars.
+
+def _length_buckets(plt, report: dict, scored: ScoredPairs):
+    """Accuracy per length bucket, pair counts on the bars."""
     buckets = report["length"]["by_length_bucket"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     labels = [bucket_label(b) for b in buckets]
@@ -84,19 +95,17 @@ def plot_report(report: dict, scored: ScoredPairs, directory: Path) -> None:
     ax.set_xlabel("longer response in the pair (tokens)")
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy by response length")
-    fig.tight_layout()
-    fig.savefig(directory / PLOTS["length_buckets"], dpi=110)
-    plt.close(fig)
+    return fig
 
-    # Reward against response length: a rising cloud means the reward is (partly) a length counter.
+
+def _reward_vs_length(plt, report: dict, scored: ScoredPairs):
+    """A rising cloud means the reward is (partly) a length counter."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(scored.chosen_lengths, chosen, s=8, alpha=0.5, label="chosen", color="tab:green")
-    ax.scatter(scored.rejected_lengths, rejected, s=8, alpha=0.5, label="rejected", color="tab:red")
+    ax.scatter(scored.chosen_lengths, scored.chosen, s=8, alpha=0.5, label="chosen", color="tab:green")
+    ax.scatter(scored.rejected_lengths, scored.rejected, s=8, alpha=0.5, label="rejected", color="tab:red")
     r = report["length"]["reward_length_correlation"]
     ax.set_title(f"Reward vs response length (Pearson r = {fmt(r)})")
     ax.set_xlabel("response tokens")
     ax.set_ylabel("reward")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(directory / PLOTS["reward_vs_length"], dpi=110)
-    plt.close(fig)
+    return fig
