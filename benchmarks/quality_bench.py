@@ -314,13 +314,19 @@ def merge_general(group: list[dict], cross: list[dict] = ()) -> str:
              "", "| test source | pairs | test accuracy | length-only baseline | margin over it | chosen longer "
              "| chosen shorter |" + (f" HH-only `{cross_arm}` checkpoint, same pairs ({len(cross)} seed(s)) |" if cross else ""),
              "|---|---|---|---|---|---|---|" + ("---|" if cross else "")]
+    without_counts = []
     for source in GENERAL_SOURCES:
         baseline, margin = baseline_cells([r["by_source"].get(source, {}) for r in group], pairs_key="pairs")
+        if baseline == "—":
+            without_counts.append(source)
         lines.append(f"| {source} | {group[0]['by_source'].get(source, {}).get('pairs', 0)} "
                      f"| {figure(source, 'accuracy')} | {baseline} | {margin} "
                      f"| {figure(source, 'longer_chosen_accuracy')} | {figure(source, 'shorter_chosen_accuracy')} |"
                      + (f" {figure(source, 'accuracy', cross)} |" if cross else ""))
-    lines.append(f"\nQA-Feedback's ties ({group[0].get('ties')}) are left out of pair accuracy; tie-aware accuracy over "
+    lines.append("\nLength-only baseline and margin: as in the table above, per source"
+                 + (f"; \"—\": the rows of {', '.join(without_counts)} did not store the length counts." if without_counts
+                    else "."))
+    lines.append(f"QA-Feedback's ties ({group[0].get('ties')}) are left out of pair accuracy; tie-aware accuracy over "
                  f"every dev pair of the three sources, ties included: "
                  f"{mean_std([r.get('tie_aware_accuracy') for r in group])}.")
     return "\n".join(lines)
