@@ -31,15 +31,16 @@ def collect(sweep_dir: Path) -> list[dict]:
 
 def table(rows: list[dict], metric: str) -> str:
     done = sorted((r for r in rows if r["metrics"]), key=lambda r: -(r["metrics"].get(metric) or 0))
-    lines = [f"| overrides | {metric} | accuracy, chosen shorter | ECE | train examples/s | wall (s) |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| overrides | {metric} | margin over the length-only baseline | accuracy, chosen shorter | ECE "
+             "| train examples/s | wall (s) |", "|---|---|---|---|---|---|---|"]
     for r in done:
         m = r["metrics"]
         lines.append(f"| {' '.join(r['overrides'])} | {m.get(metric, float('nan')):.3f} | "
+                     f"{m.get('dev_margin_over_length_baseline', float('nan')):+.3f} | "  # nan: run before issue 29
                      f"{m.get('dev_accuracy_chosen_shorter', float('nan')):.3f} | {m.get('dev_ece', float('nan')):.3f} | "
                      f"{m.get('train_pairs_per_s', float('nan')):.3f} | "
                      f"{m.get('wall_seconds', float('nan')):.0f} |")
-    lines += [f"| {' '.join(r['overrides'])} | failed (no metrics.json) | | | | |" for r in rows if not r["metrics"]]
+    lines += [f"| {' '.join(r['overrides'])} | failed (no metrics.json) | | | | | |" for r in rows if not r["metrics"]]
     return "\n".join(lines)
 
 

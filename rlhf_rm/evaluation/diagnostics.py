@@ -3,7 +3,7 @@
 Pure functions of per-pair numbers (chosen/rejected rewards, response token lengths, source labels),
 so the trainer's dev evaluation, `rlhf_rm.evaluate` and tests all compute them the same way; pair and
 per-source accuracy are defined here once (`margin_accuracy`, `accuracy_by_source`) and rlhf_rm.evaluation.metrics
-uses them too.
+uses them too, and so is the length-only baseline every report prints beside them (`length_baseline`).
 Every result is a JSON-ready dict.
 """
 
