@@ -85,6 +85,15 @@ def test_pointwise_mse_against_hand_computed_values():
     assert build_loss({"name": "pointwise_mse"})(pairs_only).item() == 0.0
 
 
+def test_a_batch_of_pointwise_groups_only_has_no_pairs():
+    """K_max = 1: the trainer's pair statistics (and any pairwise term of a combo) read no pair, not column 1."""
+    groups = [pointwise_group(1.0), pointwise_group(0.0)]
+    inputs = LossInputs.from_groups(groups, torch.tensor([[0.5], [0.2]]), torch.ones(2, 1, dtype=torch.bool))
+    first, second, probability, margin = inputs.pair_rewards()
+    assert first.numel() == second.numel() == probability.numel() == margin.numel() == 0
+    assert build_loss({"name": "bradley_terry"})(inputs).item() == 0.0
+
+
 def test_loss_and_data_shapes_are_checked_at_start_up():
     with pytest.raises(LossDataMismatch, match="has pointwise rows .*use loss=pointwise_mse"):
         check_loss_fits_data(build_loss({"name": "bradley_terry"}), {"pointwise"}, set())

@@ -40,7 +40,10 @@ class LossInputs:
     def pair_rewards(self, include_ties: bool = False):
         """(r_first, r_second, probability, margin) of the pair groups; ties dropped unless asked for."""
         keep = self.is_pair if include_ties else self.is_pair & (self.probability != 0.5)
-        return (self.rewards[keep, 0], self.rewards[keep, 1], self.probability[keep], self.margin[keep])
+        pairs = self.rewards[keep]
+        if pairs.shape[1] < 2:  # a batch of one-response (pointwise) groups only: it holds no pair
+            pairs = pairs.new_zeros(0, 2)
+        return (pairs[:, 0], pairs[:, 1], self.probability[keep], self.margin[keep])
 
 
 def pointwise_rewards(inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
