@@ -110,4 +110,5 @@ def test_dev_metrics_report_the_pointwise_error():
 
     metrics = group_metrics([pointwise_group(1.0), pointwise_group(-1.0)], [[0.5], [0.0]])
     assert metrics["pointwise_mse"] == pytest.approx((0.25 + 1.0) / 2) and metrics["pointwise"] == 2
+    assert (metrics["reward_mean"], metrics["reward_std"]) == (pytest.approx(0.25), pytest.approx(0.25))
     assert headline(metrics) == "pointwise_mse 0.625"

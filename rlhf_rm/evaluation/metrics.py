@@ -91,6 +91,9 @@ def group_metrics(groups, scores: list[list[float]]) -> dict[str, float]:
     if pointwise:  # regression data (loss=pointwise_mse): the error against the labels, in the labels' units
         out["pointwise_mse"] = sum((reward - label) ** 2 for label, reward in pointwise) / len(pointwise)
         out["pointwise"] = len(pointwise)
+        if "reward_mean" not in out:  # serving's normalization reads these from the checkpoint
+            flat = torch.tensor([reward for _, reward in pointwise], dtype=torch.float64)
+            out["reward_mean"], out["reward_std"] = float(flat.mean()), float(flat.std(unbiased=False))
     by_source = accuracy_by_source(hard.chosen, hard.rejected, hard.sources) if hard.chosen else {}
     if len(by_source) > 1:
         for source, row in by_source.items():
