@@ -187,9 +187,10 @@ def test_a_serving_node_killed_under_8_callers_fails_no_request_and_the_pool_hea
         assert after > before and load.errors == []
         for scores in load.results:
             assert_scores(scores, want[:4])
+        retried = sum(1 for answer in plain.answers if answer[3])  # replayed by the proxy on the other replica
         print(f"\nmeasured: {len(failed)} requests failed of {len(statuses)} ({unavailable} answered 503 + "
-              f"Retry-After); two replicas serve again {healed_after:.1f} s after the node was killed; load "
-              f"average {open('/proc/loadavg').read().split()[:3]}")
+              f"Retry-After, {retried} retried by the proxy); two replicas serve again {healed_after:.1f} s after "
+              f"the node was killed; load average {open('/proc/loadavg').read().split()[:3]}")
     finally:
         serve.shutdown()
         os.environ.pop(TOKEN_ENV, None)
