@@ -396,8 +396,10 @@ def test_ray_job_submit_trains_tiny_model(local_cluster, tiny_backbone, tmp_path
     assert (run_dir / "checkpoint" / "rlhf_rm.json").exists()
     assert 0.0 <= metrics["dev_accuracy"] <= 1.0 and metrics["dev_pairs"] == 16
     assert str(run_dir / "metrics.json") in logs  # the driver's closing lines reached the job log
-    # Ray Train's checkpoints live under the output root, not in the job's throwaway working-dir copy.
-    assert list((tmp_path / "out" / "ray").glob("*/checkpoint_*")), "no Ray Train checkpoint under the output root"
+    # Ray Train's checkpoints live under the output root, not in the job's throwaway working-dir copy, under the
+    # run_name the launcher printed (its `resume:` submission continues from them).
+    [run_name] = [line.split()[1] for line in submitted.stdout.splitlines() if line.startswith("run_name: ")]
+    assert list((tmp_path / "out" / "ray" / run_name).glob("checkpoint_*")), "no checkpoint under the printed run_name"
 
     uploads = list(Path(local_cluster["temp_dir"]).glob("session_*/runtime_resources/working_dir_files/*"))
     assert uploads, "the job ran without an uploaded working dir"
