@@ -76,8 +76,19 @@ def actors_on(node, class_fragment: str) -> list:
 
 
 def replace_node(cluster, node) -> tuple[float, object]:
-    """Kill `node` at once (no graceful shutdown: its raylet and workers are SIGKILLed), then a fresh node
-    joins. Returns (the kill's time, the new node)."""
+    """Kill `node` as a lost machine dies: every Ray worker process on it (training workers, replicas) and its
+    raylet SIGKILLed at once, nothing shut down gracefully; then a fresh node joins. Returns (the kill's time,
+    the new node)."""
+    import signal
+
+    from ray.util.state import list_workers
+
+    pids = [w.pid for w in list_workers(filters=[("node_id", "=", node.node_id)], limit=10_000) if w.is_alive]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     cluster.remove_node(node, allow_graceful=False)
     killed_at = time.monotonic()
     return killed_at, cluster.add_node(**NODE)
@@ -88,7 +99,7 @@ def losses(checkpoint: str) -> dict[int, float]:
     return {entry["step"]: entry["train/loss"] for entry in meta["metrics_log"] if "train/loss" in entry}
 
 
-TRAIN = ["trainer.epochs=2", "batching.tokens_per_worker=500", "trainer.checkpoint_every=2",
+TRAIN = ["trainer.epochs=1", "batching.tokens_per_worker=500", "trainer.checkpoint_every=2",
          "trainer.max_failures=3"]  # the failure budget a cluster job gets from the launcher
 
 
@@ -185,9 +196,10 @@ def test_a_serving_node_killed_under_8_callers_fails_no_request_and_the_pool_hea
             if status == 200:
                 assert_scores(scores, [want[index]])
         assert after > before and load.errors == []
+        retried = sum(1 for answer in plain.answers if answer[3])  # replayed by the proxy on the other replica
+        assert retried + unavailable > 0, "the kill hit no request in flight: the test proved nothing"
         for scores in load.results:
             assert_scores(scores, want[:4])
-        retried = sum(1 for answer in plain.answers if answer[3])  # replayed by the proxy on the other replica
         print(f"\nmeasured: {len(failed)} requests failed of {len(statuses)} ({unavailable} answered 503 + "
               f"Retry-After, {retried} retried by the proxy); two replicas serve again {healed_after:.1f} s after "
               f"the node was killed; load average {open('/proc/loadavg').read().split()[:3]}")
@@ -219,8 +231,8 @@ def test_streaming_preparation_reads_sources_and_cache_on_the_driver_node(cluste
     assert len({n["NodeID"] for n in ray.nodes() if n["Alive"]}) >= 2  # another node was there to take them
     rows = prepared.streamed.dataset().take_all()
     assert len(rows) == prepared.count == 40
-    readers = [t for t in list_tasks(detail=True, limit=10_000) if "_read_shards" in t.name]
-    assert readers and {t.node_id for t in readers} == {driver_node}, readers
+    placed = {t.node_id for t in list_tasks(detail=True, limit=10_000) if "_read_shards" in t.name and t.node_id}
+    assert placed == {driver_node}, placed  # (tasks Ray Data cancelled before placing them have no node)
 
 
 def wait_for_replicas(count: int, timeout: float, since: float | None = None, node=None) -> float | None:
