@@ -170,9 +170,12 @@ def test_a_serving_node_killed_under_8_callers_fails_no_request_and_the_pool_hea
     os.environ[TOKEN_ENV] = TOKEN
     config = ServeConfig(app_name=APP, port=free_port(), num_replicas=2, num_cpus_per_replica=1, token_env=TOKEN_ENV,
                          live=LiveSettings(checkpoint=checkpoints[0], max_batch_size=64, batch_wait_timeout_s=0.01))
-    # One HTTP proxy, on the head: on this one machine a proxy per node would bind the same port.
-    serve.start(proxy_location="HeadOnly", http_options=http_options(config),
-                controller_options=controller_options(config.ingress))
+    # One HTTP proxy, on the head: on this one machine a proxy per node would bind the same port. That proxy would
+    # send everything to the replica beside it (Serve prefers local replicas) and the killed one would hold no
+    # request; spreading its requests over both replicas is what the test is about.
+    options = controller_options(config.ingress)
+    options["runtime_env"]["env_vars"]["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
+    serve.start(proxy_location="HeadOnly", http_options=http_options(config), controller_options=options)
     try:
         start(config)
         pool = Pool(config, f"http://127.0.0.1:{config.port}", *checkpoints)
