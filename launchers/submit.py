@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shlex
 import subprocess
 import sys
@@ -39,15 +40,22 @@ UPLOAD_EXCLUDES = [".git", ".venv", "venv", "outputs", "multirun", "wandb", ".py
 # Default output root on the head node, resolved there by Hydra (not on the submitting machine).
 # Multi-node training needs a directory every node sees (e.g. an EFS/NFS mount): pass --output-root.
 DEFAULT_OUTPUT_ROOT = "${oc.env:HOME}/rlhf_rm_outputs"
+# A cluster job's failure budget: a lost node (spot reclaim, hardware) restarts the worker group from the latest
+# checkpoint up to this many times, on the nodes left or on one the autoscaler adds. (Locally the default stays 0:
+# there a failure is a bug, and retrying it only repeats it.)
+DEFAULT_MAX_FAILURES = 3
 
 
 def has_override(args: list[str], key: str) -> bool:
     return any(a.lstrip("+~").split("=", 1)[0] == key for a in args if "=" in a)
 
 
-def job_command(job: str, args: list[str], python: str, output_root: str, stamp: str) -> list[str]:
+def job_command(job: str, args: list[str], python: str, output_root: str, stamp: str,
+                run_name: str | None = None) -> list[str]:
     """The entrypoint argv. Adds defaults a cluster job needs, never overriding what the user passed."""
     command = [python, "-m", MODULES[job], *args]
+    if job == "train" and run_name and not has_override(args, "run_name"):
+        command.append(f"run_name={run_name}")  # chosen here, so the resume command can be printed at submit
     if job in ("train", "evaluate"):
         if not has_override(args, "hydra.run.dir"):
             command.append(f"hydra.run.dir={output_root}/{job}/{stamp}")
@@ -57,6 +65,8 @@ def job_command(job: str, args: list[str], python: str, output_root: str, stamp:
         # The job's cwd is a throwaway copy of the upload: Ray Train checkpoints written there (the default
         # outputs/ray) would be lost with it, and a resubmission could not resume from them.
         command.append(f"trainer.storage_path={output_root}/ray")
+    if job == "train" and not has_override(args, "trainer.max_failures"):
+        command.append(f"trainer.max_failures={DEFAULT_MAX_FAILURES}")
     if job == "serve":
         for key, value in (("ray_address", "auto"), ("detach", "true")):
             if not has_override(args, key):
@@ -67,7 +77,7 @@ def job_command(job: str, args: list[str], python: str, output_root: str, stamp:
 # Names that hold credentials. Ray records a job's runtime env in its job table (`ray job list` shows it to
 # anyone who can reach the dashboard), so such values must reach jobs through the nodes' environment instead.
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
-SECRETS_FILE = "~/.rlhf_rm/secrets.env"  # sourced by cluster.yaml's `ray start` commands on every node
+SECRETS_FILE = "~/.rlhf_rm/secrets.env"  # cluster.yaml file-mounts it on every node; `ray start` exports it
 
 
 def runtime_env(env_names: list[str]) -> dict:
@@ -76,9 +86,9 @@ def runtime_env(env_names: list[str]) -> dict:
         if SECRET_NAME.search(name):
             raise SystemExit(
                 f"--env {name}: looks like a secret, and Ray keeps every job's runtime env in its job table. "
-                f"Put `{name}=...` in {SECRETS_FILE} on your machine, then `ray rsync-up cluster.yaml {SECRETS_FILE} "
-                f"{SECRETS_FILE} --all-nodes` and `ray up cluster.yaml --restart-only -y`: every node's `ray start` "
-                f"exports it, so jobs inherit it (docs/cluster.md, Secrets).")
+                f"Put `{name}=...` in {SECRETS_FILE} on your machine, then `ray up cluster.yaml -y`: its file_mounts "
+                f"copy the file to every node (nodes added later too) and every node's `ray start` exports it, so "
+                f"jobs inherit it (docs/cluster.md, Secrets).")
         if name not in os.environ:
             raise SystemExit(f"--env {name}: not set in this shell")
         env_vars[name] = os.environ[name]
@@ -146,7 +156,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     opts, passthrough = parse(sys.argv[1:] if argv is None else argv)
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    entrypoint = job_command(opts.job, passthrough, opts.python, opts.output_root, stamp)
+    run_name = f"{stamp}_{secrets.token_hex(3)}"  # rlhf_rm.config.new_run_name's form
+    entrypoint = job_command(opts.job, passthrough, opts.python, opts.output_root, stamp, run_name)
+    if opts.job == "train":
+        print(resume_line(opts, passthrough, entrypoint), flush=True)
     forwarded = ", ".join(["TOKENIZERS_PARALLELISM", *opts.env])
     if opts.dry_run:
         runtime_env(opts.env)  # the same checks (every --env set), without writing the values anywhere
@@ -157,6 +170,15 @@ def main(argv: list[str] | None = None) -> int:
         command = submit_command(opts, entrypoint, path)
         print(shlex.join(command), f"\n(runtime env forwards {forwarded}; values not shown)", flush=True)
         return subprocess.run(command, env=submit_env()).returncode
+
+
+def resume_line(opts: argparse.Namespace, passthrough: list[str], entrypoint: list[str]) -> str:
+    """`run_name: NAME` and the submission that resumes this run from its latest checkpoint (same storage)."""
+    pinned = [a for a in entrypoint if a.split("=", 1)[0] in ("run_name", "trainer.storage_path")]
+    kept = [a for a in passthrough if not has_override([a], "run_name") and not has_override([a], "trainer.storage_path")]
+    name = next(a.split("=", 1)[1] for a in pinned if a.startswith("run_name="))
+    command = ["python", "launchers/submit.py", "train", "--address", opts.address, "--", *kept, *pinned]
+    return f"run_name: {name}\nresume:   {shlex.join(command)}"
 
 
 def submit_env() -> dict:

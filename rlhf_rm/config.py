@@ -112,7 +112,9 @@ class TrainerConfig:
     checkpoint_every: int = 0  # steps between resumable checkpoints (0: only the final one)
     keep_checkpoints: int = 2  # how many checkpoints Ray keeps
     resume: str = "auto"  # auto: continue from the latest checkpoint of this run (same run_name); never
-    max_failures: int = 0  # worker-group restarts Ray Train attempts, each resuming from the latest checkpoint
+    # Worker-group restarts Ray Train attempts, each resuming from the latest checkpoint. 0 here (one machine: a
+    # failure is a bug that a retry repeats); cluster jobs get launchers/submit.py's 3 (a lost node is not).
+    max_failures: int = 0
     storage_path: str = "outputs/ray"  # Ray Train checkpoints: <storage_path>/<run_name>; multi-node: s3://...
     publish_to_serve: Optional[list] = None  # serve overrides, e.g. '["app_name=rlhf_rm"]': hot-reload that pool
     gradient_checkpointing: bool = False

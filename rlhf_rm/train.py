@@ -28,6 +28,7 @@ from rlhf_rm.losses import build_loss, check_loss_fits_data
 from rlhf_rm.model import load_tokenizer
 from rlhf_rm.prepare import PreparedSplit, build_encoder, format_data_summary, prepare_splits
 from rlhf_rm.training.progress import DriverProgress
+from rlhf_rm.training.tracking import run_id
 
 
 def run(cfg: DictConfig | TrainConfig, run_dir: Path) -> dict:
@@ -35,6 +36,7 @@ def run(cfg: DictConfig | TrainConfig, run_dir: Path) -> dict:
     started = time.perf_counter()
     settings = settings_from(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    print(resume_line(settings, run_dir, typed_overrides()), flush=True)
     backbone_path = resolve_backbone(settings.model.path)
     encoder = build_encoder(load_tokenizer(backbone_path), settings.data)
     workers = 1
@@ -53,6 +55,30 @@ def run(cfg: DictConfig | TrainConfig, run_dir: Path) -> dict:
     with DriverProgress(run_dir):  # one bar in a terminal; plain step lines from rank 0 everywhere
         result = trainer.fit()
     return write_results(result, run_dir, train, dev, time.perf_counter() - started)
+
+
+def typed_overrides() -> list[str] | None:
+    """The overrides of this command line (None outside a Hydra app, e.g. `run(cfg, ...)` from Python)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+
+
+RESUME_KEYS = ("run_name", "trainer.storage_path", "hydra.run.dir")  # what the resume command pins
+
+
+def resume_line(settings: TrainConfig, run_dir: Path, overrides: list[str] | None) -> str:
+    """`run_name: NAME` and the exact command that resumes this run (the same overrides, with the run name,
+    the absolute checkpoint storage and this run directory pinned): Ray Train continues from the latest
+    checkpoint under <storage_path>/<run_name>. The default run_name is random, so without this line a rerun
+    of the same command would start over."""
+    import shlex
+
+    storage = storage_location(settings.trainer.storage_path)
+    if overrides is None:
+        return f"run_name: {settings.run_name} (resume: run_name={settings.run_name} trainer.storage_path={storage})"
+    kept = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in RESUME_KEYS]
+    command = ["python", "-m", "rlhf_rm.train", *kept, f"run_name={settings.run_name}",
+               f"trainer.storage_path={storage}", f"hydra.run.dir={run_dir.resolve()}"]
+    return f"run_name: {settings.run_name}\nresume:   {shlex.join(command)}"
 
 
 def checkpoint_metadata(settings: TrainConfig, train: PreparedSplit, dev: PreparedSplit,
@@ -83,6 +109,8 @@ def worker_config(settings: TrainConfig, backbone_path: str, run_dir: Path, trai
         "stream": {"tokens": streamed.tokens, "groups": train.summary["groups"]} if streamed else None,
         "dev_ref": ray.put(dev.groups),
         "metadata": checkpoint_metadata(settings, train, dev, rendering),
+        # every attempt and rerun of this run logs into one W&B run (resume="allow")
+        "wandb_run_id": run_id(str(settings.run_name), storage_location(settings.trainer.storage_path)),
     }
 
 

@@ -103,7 +103,7 @@ def test_train_state_loads_with_weights_only(tmp_path):
 
 
 # -- the recipe's save and resume, in-process ------------------------------------------------------------
-# The training recipe (rlhf_rm/trainer.py) run directly, without a Ray cluster: Ray Train's few calls (context,
+# The training recipe (rlhf_rm/training/recipe.py) run directly, without a Ray cluster: Ray Train's few calls (context,
 # get_checkpoint, report) are replaced by a stand-in that keeps every reported checkpoint, like Ray's storage.
 # A "kill" raises inside a step; the rerun gets the latest checkpoint, exactly what Ray Train hands back when
 # a run is restarted with the same run_name and storage path.
@@ -153,7 +153,7 @@ def prepared(tmp_path_factory, tiny_backbone):
 
 
 def _run(tmp_path, overrides: list[str], ray_train: _RayTrainStandIn, kill_at: int | None = None,
-         monkeypatch=None) -> dict:
+         monkeypatch=None, wandb_run_id: str | None = None) -> dict:
     """One (possibly killed) run of the recipe; returns the final checkpoint's rlhf_rm.json."""
     from rlhf_rm.backbone import resolve_backbone
     from rlhf_rm.config import compose, settings_from
@@ -169,7 +169,7 @@ def _run(tmp_path, overrides: list[str], ray_train: _RayTrainStandIn, kill_at: i
     train, dev = prepare_splits(settings.data, encoder, tmp_path / "run", settings.seed, backbone, 1)
     job = {"settings": settings, "backbone_path": backbone, "run_dir": str(tmp_path / "run"),
            "train_ref": train.groups, "dev_ref": dev.groups, "stream": None,
-           "metadata": checkpoint_metadata(settings, train, dev, encoder.spec)}
+           "metadata": checkpoint_metadata(settings, train, dev, encoder.spec), "wandb_run_id": wandb_run_id}
     if kill_at is not None:
         real_step = trainer.RewardModelRecipe.step
 
@@ -350,3 +350,33 @@ def _wandb_records(data: bytes) -> tuple[list[dict], dict]:
             row = {item.key or "/".join(item.nested_key): item.value_json for item in items[kind]()}
             history.append(row) if kind == "history" else summary.update(row)
     return history, summary
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch, prepared, capsys):
+    """Every resume used to open a new W&B run. The run id now comes from run_name + storage (what Ray Train
+    resumes from): the killed attempt and its resume write one W&B run id, the resume logging only the steps
+    after its checkpoint; without WANDB_API_KEY rank 0 says so in one line."""
+    from rlhf_rm.training.tracking import run_id
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    stand_in = _RayTrainStandIn(tmp_path / "ray")
+    stand_in.install(monkeypatch)
+    overrides = [*(o for o in prepared if not o.startswith("logger=")), "logger=wandb"]
+    wandb_id = run_id("recipe", str(tmp_path / "ray"))
+    assert wandb_id != run_id("recipe", "s3://elsewhere") and wandb_id == run_id("recipe", str(tmp_path / "ray"))
+    _run(tmp_path, overrides, stand_in, kill_at=4, monkeypatch=monkeypatch, wandb_run_id=wandb_id)
+    _run(tmp_path, overrides, stand_in, wandb_run_id=wandb_id)
+    import wandb
+
+    wandb.teardown()
+    printed = capsys.readouterr().out
+    assert len([line for line in printed.splitlines() if "no WANDB_API_KEY" in line]) == 2, printed  # one per start
+    runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(run.name.endswith(f"-{wandb_id}") for run in runs), runs
+    steps = []
+    for run in runs:
+        [log] = run.glob("run-*.wandb")
+        history, _ = _wandb_records(log.read_bytes())
+        steps.append([row["_step"] for row in history if "train/loss" in row])
+    assert steps == [["1", "2", "3"], ["3", "4"]], steps

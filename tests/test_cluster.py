@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -64,12 +65,14 @@ def test_launcher_passes_overrides_through_and_adds_cluster_defaults():
     command = submit.submit_command(opts, submit.job_command("train", passthrough, "python", "/out", "T"))
     entry = command[command.index("--") + 1:]
     assert entry == ["python", "-m", "rlhf_rm.train", "data.limit=8", "data.dev=[a, b]",
-                     "hydra.run.dir=/out/train/T", "ray.address=auto", "trainer.storage_path=/out/ray"]
+                     "hydra.run.dir=/out/train/T", "ray.address=auto", "trainer.storage_path=/out/ray",
+                     "trainer.max_failures=3"]
     env = submit.runtime_env([])
     assert {".venv", "outputs", ".git"} <= set(env["excludes"])
 
     # What the user set wins over the defaults; serve deploys detached and returns at once.
-    user_set = ["ray.address=ray://h:10001", "hydra.run.dir=/r", "trainer.storage_path=s3://b/rm"]
+    user_set = ["ray.address=ray://h:10001", "hydra.run.dir=/r", "trainer.storage_path=s3://b/rm",
+                "trainer.max_failures=0"]
     assert submit.job_command("train", user_set, "python", "/out", "T") == ["python", "-m", "rlhf_rm.train", *user_set]
     opts, passthrough = submit.parse(["serve", "--", "/ckpt", "num_replicas=2"])
     command = submit.submit_command(opts, submit.job_command("serve", passthrough, "python", "/out", "T"))
@@ -81,6 +84,41 @@ def test_launcher_passes_overrides_through_and_adds_cluster_defaults():
     assert command[command.index("--entrypoint-num-gpus") + 1] == "1"
     assert command[command.index("--") + 1:] == ["python", "-m", "rlhf_rm.evaluate", "/ckpt",
                                                  "hydra.run.dir=/out/evaluate/T"]
+
+
+def test_launcher_prints_the_submission_that_resumes_the_run(capsys):
+    """A train job gets a run_name chosen at submit and a failure budget; the printed `resume:` submission, parsed
+    again, produces the same run_name and checkpoint storage (so it continues, not starts over)."""
+    import re
+    import shlex
+
+    assert submit.main(["train", "--address", "http://127.0.0.1:1", "--dry-run", "--", "data.limit=8"]) == 0
+    printed = capsys.readouterr().out
+    [name] = re.findall(r"^run_name: (\S+)$", printed, re.M)
+    [resume] = re.findall(r"^resume: +(.+)$", printed, re.M)
+    submitted = shlex.split(printed.splitlines()[-2])
+    assert f"run_name={name}" in submitted and "trainer.max_failures=3" in submitted
+    argv = shlex.split(resume)
+    assert argv[:3] == ["python", "launchers/submit.py", "train"]
+    opts, passthrough = submit.parse(argv[2:])
+    again = submit.job_command(opts.job, passthrough, "python", opts.output_root, "LATER", "another_name")
+    for pinned in (f"run_name={name}", "data.limit=8"):
+        assert pinned in again
+    assert [a for a in again if a.startswith("trainer.storage_path=")] == [
+        a for a in submitted if a.startswith("trainer.storage_path=")]
+
+
+def test_train_prints_the_command_that_resumes_it(tmp_path):
+    from rlhf_rm.config import compose, settings_from
+    from rlhf_rm.train import resume_line
+
+    settings = settings_from(compose(["data.limit=8", "run_name=abc"]))
+    typed = ["data.limit=8", "run_name=old", "hydra.run.dir=/elsewhere"]
+    line = resume_line(settings, tmp_path / "run", typed)
+    assert line.splitlines()[0] == "run_name: abc"
+    command = line.splitlines()[1].split()[1:]
+    assert command == ["python", "-m", "rlhf_rm.train", "data.limit=8", "run_name=abc",
+                       f"trainer.storage_path={Path('outputs/ray').resolve()}", f"hydra.run.dir={tmp_path / 'run'}"]
 
 
 def test_launcher_never_puts_secret_values_on_a_command_line_or_in_job_metadata(monkeypatch, capsys):
@@ -132,6 +170,73 @@ def test_cluster_nodes_export_the_secrets_file_into_ray_start(tmp_path):
                                     env={"PATH": os.environ["PATH"], "HOME": str(home)})
             assert result.returncode == 0, result.stderr
             assert (expected in result.stdout.splitlines()) if expected else "WANDB_API_KEY" not in result.stdout
+
+
+class _NodeOverShell:
+    """A node provider whose "nodes" are home directories on this machine: Ray's NodeUpdater runs its commands
+    there through bash (HOME = the node's home) instead of SSH. Only the transport is replaced; which files reach
+    a node, and from where, is Ray's own code (the head's bootstrap config, NodeUpdater.sync_file_mounts)."""
+
+    def __init__(self, homes: dict):
+        self.homes = homes
+
+    def prepare_for_head_node(self, config):
+        return config
+
+    def get_command_runner(self, log_prefix, node_id, *args):
+        home = self.homes[node_id]
+        return SimpleNamespace(run=lambda command, **_: subprocess.run(
+            ["bash", "-c", command], env={"PATH": os.environ["PATH"], "HOME": str(home)}, check=True))
+
+    def rsync_up(self, node_id):
+        """rsync from the head's files (this process's HOME) to `node_id`'s home, as Ray's rsync would."""
+        def sync(local_path, remote_path, **_):
+            target = Path(remote_path.replace("~", str(self.homes[node_id]), 1))
+            if os.path.isdir(local_path):
+                shutil.copytree(local_path, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(local_path, target)
+        return sync
+
+
+def test_a_node_the_autoscaler_adds_after_ray_up_gets_the_secrets_file(tmp_path, monkeypatch):
+    """Secrets used to reach only the nodes running when `ray rsync-up` ran. Now cluster.yaml's file_mounts carry
+    ~/.rlhf_rm/secrets.env: `ray up` writes the head's autoscaler config (Ray's _set_up_config_for_head_node),
+    and the updater the autoscaler starts for a new GPU node syncs its file mounts from the head
+    (NodeUpdater.sync_file_mounts); that node's `ray start` then exports the key."""
+    from ray.autoscaler._private.commands import _set_up_config_for_head_node
+    from ray.autoscaler._private.updater import NodeUpdater
+    from ray.autoscaler._private.util import prepare_config
+
+    config = prepare_config(yaml.safe_load((REPO / "cluster.yaml").read_text()))
+    config["file_mounts"] = {k: v for k, v in config["file_mounts"].items() if k != "~/rlhf_rm"}  # not the repo
+    head_home, worker_home = tmp_path / "head", tmp_path / "new_gpu_node"
+    (head_home / ".rlhf_rm").mkdir(parents=True)
+    worker_home.mkdir()
+    (head_home / ".rlhf_rm" / "secrets.env").write_text("WANDB_API_KEY=k-123\n")  # on the head since `ray up`
+    (head_home / ".rlhf_rm" / "secrets.env").chmod(0o600)
+    nodes = _NodeOverShell({"gpu-1": worker_home})
+    _, bootstrap = _set_up_config_for_head_node(config, nodes, no_restart=False)
+    head_config = json.loads(Path(bootstrap.name).read_text())  # what the head's autoscaler runs with
+    assert head_config["file_mounts"]["~/.rlhf_rm/secrets.env"] == "~/.rlhf_rm/secrets.env"
+
+    monkeypatch.setenv("HOME", str(head_home))  # the autoscaler runs on the head: its ~ is the head's
+    updater = NodeUpdater(node_id="gpu-1", provider_config=head_config["provider"], provider=nodes,
+                          auth_config=head_config["auth"], cluster_name=head_config["cluster_name"],
+                          file_mounts=head_config["file_mounts"], initialization_commands=[], setup_commands=[],
+                          ray_start_commands=[], runtime_hash="", file_mounts_contents_hash="", is_head_node=False,
+                          cluster_synced_files=head_config.get("cluster_synced_files"))
+    updater.sync_file_mounts(nodes.rsync_up("gpu-1"))
+    arrived = worker_home / ".rlhf_rm" / "secrets.env"
+    assert arrived.read_text() == "WANDB_API_KEY=k-123\n"
+    chmod = next(c for c in head_config["setup_commands"] if "secrets.env" in c)
+    subprocess.run(["bash", "-c", chmod], env={"PATH": os.environ["PATH"], "HOME": str(worker_home)}, check=True)
+    assert arrived.stat().st_mode & 0o777 == 0o600
+    start = next(c for c in head_config["worker_start_ray_commands"] if "ray start" in c)
+    export = start[start.index("set -a"):start.index("ray start")]
+    result = subprocess.run(["bash", "-c", export + " env"], capture_output=True, text=True,
+                            env={"PATH": os.environ["PATH"], "HOME": str(worker_home)})
+    assert "WANDB_API_KEY=k-123" in result.stdout.splitlines()
 
 
 # -- a real local cluster --------------------------------------------------------------------------
@@ -293,8 +398,10 @@ def test_ray_job_submit_trains_tiny_model(local_cluster, tiny_backbone, tmp_path
     assert (run_dir / "checkpoint" / "rlhf_rm.json").exists()
     assert 0.0 <= metrics["dev_accuracy"] <= 1.0 and metrics["dev_pairs"] == 16
     assert str(run_dir / "metrics.json") in logs  # the driver's closing lines reached the job log
-    # Ray Train's checkpoints live under the output root, not in the job's throwaway working-dir copy.
-    assert list((tmp_path / "out" / "ray").glob("*/checkpoint_*")), "no Ray Train checkpoint under the output root"
+    # Ray Train's checkpoints live under the output root, not in the job's throwaway working-dir copy, under the
+    # run_name the launcher printed (its `resume:` submission continues from them).
+    [run_name] = [line.split()[1] for line in submitted.stdout.splitlines() if line.startswith("run_name: ")]
+    assert list((tmp_path / "out" / "ray" / run_name).glob("checkpoint_*")), "no checkpoint under the printed run_name"
 
     uploads = list(Path(local_cluster["temp_dir"]).glob("session_*/runtime_resources/working_dir_files/*"))
     assert uploads, "the job ran without an uploaded working dir"

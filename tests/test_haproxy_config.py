@@ -110,3 +110,45 @@ def test_the_lines_the_wrapper_edits_are_in_rays_template():
                  "errorfile 502 {{ config.error_file_path }}", "errorfile 503 {{ config.error_file_path }}",
                  "errorfile 504 {{ config.error_file_path }}", "option redispatch 1"):
         assert line in source, line
+
+
+def render_ray_config(tmp_path: Path, host: str, port: int = 8000) -> str:
+    """The HAProxy config Ray 2.60 writes for a pool started with `host`, rendered by Ray's own HAProxyApi."""
+    from ray.serve._private.haproxy import HAProxyApi, HAProxyConfig
+    from ray.serve.config import HTTPOptions
+
+    directory = tmp_path / host.replace(":", "_")
+    api = HAProxyApi(HAProxyConfig(http_options=HTTPOptions(host=host, port=port),
+                                   socket_path=str(directory / "admin.sock")),
+                     config_file_path=str(directory / "haproxy.cfg"))
+    api._generate_config_file_internal()
+    return (directory / "haproxy.cfg").read_text()
+
+
+def binds_by_section(text: str) -> dict:
+    """{section header: [its bind lines]} of an HAProxy config."""
+    binds, section = {}, None
+    for line in text.splitlines():
+        if line and not line[0].isspace():
+            section = line.strip()
+        elif line.strip().startswith("bind "):
+            binds.setdefault(section, []).append(line.strip())
+    return binds
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "127.0.0.1"])
+def test_rays_rendered_config_keeps_the_pools_bind_and_puts_admin_on_loopback(tmp_path, host):
+    rendered = render_ray_config(tmp_path, host)
+    before = binds_by_section(rendered)
+    out = rewrite_config(rendered, "127.0.0.1", "/cfg/503-retry.http")
+    after = binds_by_section(out)
+    expected_pool_bind = "bind *:8000" if host in ("0.0.0.0", "::") else f"bind {host}:8000"
+    assert before["frontend http_frontend"] == after["frontend http_frontend"] == [expected_pool_bind]
+    admin = {section: lines for section, lines in after.items() if section != "frontend http_frontend"}
+    assert admin, "Ray's config has no stats/metrics section any more"
+    for section, lines in admin.items():
+        for line in lines:
+            assert line.startswith("bind 127.0.0.1:"), (section, line)
+    sockets = [line.split() for line in out.splitlines() if line.strip().startswith("stats socket")]
+    assert sockets and all(words[words.index("mode") + 1] == "600" for words in sockets)
+    assert "mode 666" in rendered  # what Ray renders (if Ray changes it, this test says so)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
+from pathlib import Path
 
 import httpx
 import psutil
@@ -46,6 +48,19 @@ def haproxy_listening() -> set[tuple[str, int]]:
     return found
 
 
+def admin_sockets(pool_port: int) -> set[str]:
+    """The admin socket paths of the HAProxy serving `pool_port` (read from the config it runs with)."""
+    found = set()
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        args = proc.info["cmdline"] or []
+        if proc.info["name"] != "haproxy" or "-f" not in args:
+            continue
+        config = Path(args[args.index("-f") + 1]).read_text()
+        if re.search(rf"^\s*bind \S+:{pool_port}\b", config, re.M):
+            found |= set(re.findall(r"^\s*stats socket (\S+)", config, re.M))
+    return found
+
+
 def retries_so_far(stats_port: int) -> int:
     """HAProxy's own count of requests it sent again (retries + redispatches), from its stats page."""
     text = httpx.get(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=10).text.lstrip("# ")
@@ -76,6 +91,8 @@ def test_haproxy_ingress_scores_exactly_with_auth_and_listens_on_loopback_only(h
     assert wanted <= {port for _, port in listening}, listening
     assert {address for address, _ in listening} == {"127.0.0.1"}, listening  # Ray's template: stats on *:PORT
     assert retries_so_far(ports["RAY_SERVE_HAPROXY_STATS_PORT"]) == 0
+    [socket_path] = admin_sockets(pool.config.port)
+    assert os.stat(socket_path).st_mode & 0o777 == 0o600  # Ray creates it 666: any local user could redirect traffic
 
 
 def test_a_redeploy_asking_for_the_other_ingress_is_told_it_keeps_haproxy(hpool):

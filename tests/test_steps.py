@@ -1,5 +1,5 @@
 """The shared training step and scoring pass (rlhf_rm/training/steps.py) and the model's parameter groups
-(rlhf_rm/model_state.py), on the tiny model: what the trainer and every benchmark run."""
+(rlhf_rm/training/model_state.py), on the tiny model: what the trainer and every benchmark run."""
 
 from __future__ import annotations
 

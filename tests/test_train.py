@@ -209,37 +209,47 @@ def train_command(tmp_path, backbone, extra: list[str]) -> list[str]:
 
 
 def test_rerun_after_the_driver_dies_resumes_a_lora_ensemble_run(tmp_path, tiny_backbone, ray_cluster):
-    """The documented recovery: the driver process dies (SIGKILL) mid-run; rerunning the same command with the
-    same run_name continues from the latest checkpoint — steps continue, none trained twice, the loss curve
-    goes on — for a LoRA + 2-head ensemble run inside real Ray Train (adapters and heads restored).
-    The rerun's stdout is piped (as in CI or `ray job logs`): each step it trains prints one line, exactly once,
-    and no progress bar or '\\r' redraw reaches the output."""
+    """The documented recovery: the driver process dies (SIGKILL) mid-run; rerunning the command it printed at
+    start (`resume: ...`, with its random run_name) continues from the latest checkpoint — steps continue, none
+    trained twice, the loss curve goes on — for a LoRA + 2-head ensemble run inside real Ray Train (adapters and
+    heads restored). The rerun's stdout is piped (as in CI or `ray job logs`): each step it trains prints one line,
+    exactly once, and no progress bar or '\\r' redraw reaches the output."""
     import os
     import re
+    import shlex
     import signal
     import time
 
     from rlhf_rm.checkpoint.metadata import read_metadata
 
     command = train_command(tmp_path, tiny_backbone, [
-        "trainer.epochs=2", "batching.tokens_per_worker=500", "trainer.checkpoint_every=3", "run_name=driver_killed",
-        "model.lora.enabled=true", "model.lora.r=4", "model.ensemble_size=2"])
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        "trainer.epochs=2", "batching.tokens_per_worker=500", "trainer.checkpoint_every=3",
+        "model.lora.enabled=true", "model.lora.r=4", "model.ensemble_size=2"])  # no run_name: a random one
+    first_output = tmp_path / "first_driver.log"
+    with first_output.open("w") as out:
+        driver = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     progress = tmp_path / "run" / "progress.json"
-    snapshot = tmp_path / "ray" / "driver_killed" / "checkpoint_manager_snapshot.json"
-    killed, deadline = None, time.time() + 240
+    killed, deadline, snapshot = None, time.time() + 240, None
     while killed is None and time.time() < deadline and driver.poll() is None:
+        if snapshot is None and (found := re.search(r"^run_name: (\S+)$", first_output.read_text(), re.M)):
+            snapshot = tmp_path / "ray" / found.group(1) / "checkpoint_manager_snapshot.json"
         try:
             position = json.loads(progress.read_text()) if progress.exists() else {}
         except json.JSONDecodeError:
             position = {}
-        if snapshot.exists() and 4 <= position.get("step", 0) and position["step"] + 6 < position["total_steps"]:
+        if snapshot and snapshot.exists() and 4 <= position.get("step", 0) and position["step"] + 6 < position[
+                "total_steps"]:
             killed = position
             os.kill(driver.pid, signal.SIGKILL)
         time.sleep(0.05)
     driver.wait(timeout=60)
-    assert killed is not None, "never saw the first driver with a registered checkpoint and 6+ steps to go"
-
+    printed_first = first_output.read_text()
+    assert killed is not None, "never saw the first driver with a registered checkpoint and 6+ steps to go\n" + \
+        printed_first[-3000:]
+    [resume] = re.findall(r"^resume: +(.+)$", printed_first, re.M)
+    command = shlex.split(resume)
+    assert command[:3] == ["python", "-m", "rlhf_rm.train"] and f"hydra.run.dir={tmp_path / 'run'}" in command
+    command[0] = sys.executable  # the printed command, run with this test's interpreter
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)  # the same command
     output = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, output[-3000:]

@@ -168,7 +168,7 @@ def rewardbench_summary(label: str, report: dict) -> str:
 def rewardbench_markdown(benchmarks: dict) -> list[str]:
     """The report.md section: one table of subsets per benchmark file, then v1 sections."""
     lines = ["## RewardBench", "",
-             "Scored by allenai/reward-bench's rules (rlhf_rm/rewardbench.py): v1 pair accuracy (a tie is wrong), "
+             "Scored by allenai/reward-bench's rules (rlhf_rm/evaluation/rewardbench.py): v1 pair accuracy (a tie is wrong), "
              "sections weighted by the official subset sizes; v2 best-of-N (the chosen response must score highest, "
              "credit shared at a tie) and the Ties subset's own score.", ""]
     for label, report in benchmarks.items():

@@ -11,6 +11,11 @@ units (first occurrence wins), adds up the report, and with on_error=raise stops
 Train: ray.data.read_parquet(shards) minus the repeats, split across the Ray Train workers
 (get_dataset_shard); no process holds the whole set. Workers pack what arrives into token-budget
 batches (batching.stream).
+
+Where things are on a multi-node cluster: the sources are paths on the driver's node (the head, for a job),
+and the cache lives on that node's disk. So the preparation actors and the shard readers run on the driver's
+node (`on_driver_node`), and only encoded blocks travel, through Ray's object store, to the training workers on
+other nodes: nothing is read from a node that lacks the files.
 """
 
 from __future__ import annotations
@@ -51,9 +56,23 @@ class StreamedSplit:
 
         # Reading shards is light I/O done in zero-CPU tasks: Ray Train workers often hold every CPU of a
         # node (one each), and a read that waits for a free CPU would never start. Zero-CPU tasks are not
-        # limited by CPUs either, so `readers` caps how many run at once (each reads ~10k rows/s).
+        # limited by CPUs either, so `readers` caps how many run at once (each reads ~10k rows/s). They run
+        # where the shards are: the driver's node.
         return ray.data.from_items([{"shard": shard} for shard in self.shards]).map_batches(
-            _read_shards, fn_kwargs={"dropped": self.dropped}, batch_size=1, num_cpus=0, concurrency=readers)
+            _read_shards, fn_kwargs={"dropped": self.dropped}, batch_size=1, num_cpus=0, concurrency=readers,
+            **on_driver_node())
+
+
+def on_driver_node() -> dict:
+    """Ray options that keep a task or actor on this process's node: the one whose disk holds the data sources
+    given as paths and the prepared shards (a node-local cache). Hard affinity: run there or wait."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not ray.is_initialized():  # Ray Data will start a local, one-node Ray: nothing to pin
+        return {}
+    node_id = ray.get_runtime_context().get_node_id()
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)}
 
 
 def _read_shards(batch: dict, dropped: np.ndarray):
@@ -131,8 +150,11 @@ class PrepareUnits:
         shard = self.out_dir / f"unit_{index:05d}.parquet"
         if groups:
             pq.write_table(table, shard)
+        import ray
+
         return {
             "index": index,
+            "node": ray.get_runtime_context().get_node_id(),  # where the source was read (driver's node)
             "source": spec["name"],
             "report": json.dumps(report.as_dict()),
             "shard": str(shard) if groups else "",
@@ -175,10 +197,12 @@ def prepare_streamed_split(specs: list[dict], data: DataConfig, spec: dict, back
         units = plan_units(specs, data.rows_per_unit)
         options = {"prompt_separator": data.prompt_separator, "max_row_bytes": data.max_row_bytes,
                    "dedupe": data.dedupe, "drop_dev_overlap": data.drop_dev_overlap and bool(dev_keys)}
-        print(f"data[train]: streaming: preparing {len(units)} units with {workers} Ray Data actors → {entry}",
-              flush=True)
+        workers = driver_node_cpus(workers)  # the actors run where the files are: this node
+        print(f"data[train]: streaming: preparing {len(units)} units with {workers} Ray Data actors on this node "
+              f"(where the sources and the cache are) → {entry}", flush=True)
         results = ray.data.from_items([{"unit": json.dumps(u)} for u in units]).map_batches(
             PrepareUnits, batch_size=1, concurrency=max(1, min(workers, len(units))), num_cpus=1,
+            **on_driver_node(),
             fn_constructor_kwargs={"backbone_path": backbone_path, "spec": spec, "options": options,
                                    "out_dir": str(building), "dev_keys": sorted(dev_keys) if dev_keys else None},
         ).take_all()
@@ -192,6 +216,22 @@ def prepare_streamed_split(specs: list[dict], data: DataConfig, spec: dict, back
         shutil.rmtree(entry, ignore_errors=True)  # an incomplete (or, without reuse, older) entry
         building.rename(entry)
         return _from_manifest(entry, manifest, run_dir, hit=False)
+
+
+def driver_node_cpus(wanted: int) -> int:
+    """`wanted`, capped at the CPUs Ray offers on this process's node; refused when none (the preparation
+    actors could never start)."""
+    import ray
+
+    if not ray.is_initialized():
+        return wanted
+    node_id = ray.get_runtime_context().get_node_id()
+    cpus = next((int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["NodeID"] == node_id), 0)
+    if cpus < 1:
+        raise ValueError("data.streaming=true prepares the data on the driver's node (where the sources and the "
+                         "cache are), and that Ray node offers no CPU: give it at least one (cluster.yaml: the "
+                         "head's `resources: {CPU: 2}`), or set data.streaming=false")
+    return min(wanted, cpus)
 
 
 @contextmanager
@@ -255,6 +295,7 @@ def _aggregate(results: list[dict], on_error: str, dedupe: bool, entry: Path) ->
                             sum(r["response_truncated"] for r in results))
     summary["units"] = len(results)
     return {
+        "prepared_on": sorted({r["node"] for r in results}),
         "summary": summary,
         "shards": [Path(r["shard"]).name for r in results if r["shard"]],
         "quarantine": quarantine,

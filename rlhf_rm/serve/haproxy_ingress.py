@@ -11,7 +11,10 @@ them, with knobs Ray reads and one wrapper around the HAProxy binary:
   (`retry-on` widened to empty responses and timeouts: scoring is idempotent) and answers the rest 503 with
   `Retry-After`, which every peer client retries;
 - servers bind to loopback unless told otherwise: HAProxy's stats page and Prometheus port, which Ray's
-  template binds on every interface, bind to `RLHF_RM_HAPROXY_ADMIN_HOST` (default 127.0.0.1);
+  template binds on every interface, bind to `RLHF_RM_HAPROXY_ADMIN_HOST` (default 127.0.0.1); the pool's own
+  frontends keep the bind Ray renders (`host=0.0.0.0` or `::` renders `bind *:PORT`: every interface, what a
+  multi-node pool needs); the admin socket (`stats socket ... level admin`: it can drain or redirect every
+  server) is created mode 600 instead of Ray's 666, so only the user running Ray can use it;
 - the config edits are made by `rlhf-rm-haproxy` (`main` below, installed with the package), which Ray runs in
   place of HAProxy (`RAY_SERVE_HAPROXY_BINARY_PATH`): it edits the generated config and execs the real binary
   with the same arguments, on every start and reload.
@@ -80,21 +83,31 @@ def real_binary(chosen: str | None = None) -> str:
     return chosen
 
 
-_ADMIN_BIND = re.compile(r"^(\s*bind\s+)\*?:(\d+)\s*$", re.MULTILINE)
+_PORT_ONLY_BIND = re.compile(r"^([ \t]*bind[ \t]+)\*?:(\d+)[ \t]*$", re.MULTILINE)
+_SECTION = re.compile(r"^(?=(?:global|defaults|frontend|backend|listen)\b)", re.MULTILINE)
+# The pool's own frontends: their bind is the `host` the pool was started with, never rewritten.
+POOL_FRONTENDS = ("frontend http_frontend", "frontend grpc_frontend")
+_ADMIN_SOCKET_MODE = re.compile(r"^(\s*stats socket\s+\S+\s+mode\s+)\d+", re.MULTILINE)
+ADMIN_SOCKET_MODE = "600"
 _ERRORFILE = re.compile(r"^(\s*errorfile\s+)(50[234])\s+\S+\s*$", re.MULTILINE)
 _REDISPATCH = re.compile(r"^(\s*)option redispatch\b.*$", re.MULTILINE)  # in `defaults`: inherited everywhere
 
 
 def rewrite_config(text: str, admin_host: str, error_file: str) -> str:
-    """Ray's generated HAProxy config with port-only binds (stats, Prometheus) on `admin_host`, the
-    502/503/504 answers served from `error_file`, and `option http-server-close`. Binds that name a host (the
-    pool's own) are left alone.
+    """Ray's generated HAProxy config with the port-only binds of the admin sections (stats, Prometheus) on
+    `admin_host`, the admin socket mode 600, the 502/503/504 answers served from `error_file`, and `option
+    http-server-close`. The pool's own frontends keep their bind: Ray renders `host=0.0.0.0`/`::` as
+    `bind *:PORT`, and a multi-node pool must be reached on every interface.
 
     http-server-close: without it HAProxy keeps the replica connection of a caller's last request attached to
     the caller's idle keep-alive connection, and when that replica dies it closes the caller's connection too,
     so the caller's next request fails with no answer at all (seen in most SIGKILL runs; the stock config loses
     requests that way). Closing the replica side after each response costs one loopback connect per request."""
-    text = _ADMIN_BIND.sub(lambda m: f"{m.group(1)}{admin_host}:{m.group(2)}", text)
+    sections = _SECTION.split(text)
+    text = "".join(section if section.startswith(POOL_FRONTENDS) else
+                   _PORT_ONLY_BIND.sub(lambda m: f"{m.group(1)}{admin_host}:{m.group(2)}", section)
+                   for section in sections)
+    text = _ADMIN_SOCKET_MODE.sub(lambda m: f"{m.group(1)}{ADMIN_SOCKET_MODE}", text)
     text = _ERRORFILE.sub(lambda m: f"{m.group(1)}{m.group(2)} {error_file}", text)
     if re.search(r"^\s*option http-server-close\s*$", text, re.MULTILINE):
         return text  # already edited (Ray restarting HAProxy on an unchanged file)

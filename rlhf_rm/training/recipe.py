@@ -83,7 +83,8 @@ class RewardModelRecipe:
                        f"step {self.position.step_in_epoch} of it)")
         use_bf16 = settings.trainer.bf16 and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
-        self.tracker = RunTracker(settings.logger, self.job["run_dir"], as_dict(settings)) if self.rank == 0 else None
+        self.tracker = RunTracker(settings.logger, self.job["run_dir"], as_dict(settings), name=str(settings.run_name),
+                                  run_id=self.job.get("wandb_run_id")) if self.rank == 0 else None
         if self.tracker:
             self.tracker.summary(flatten({"data": self.job["metadata"].get("data_summary", {})}))
         # No progress bar here: rank 0 writes progress.json each step and the driver draws the one bar
