@@ -186,7 +186,8 @@ def save_checkpoint(model: RewardModel, tokenizer, directory: str | Path, metada
         certificate = issue_certificate(directory)
     from rlhf_rm.model_card import CARD_FILE, render_model_card
 
-    (directory / CARD_FILE).write_text(render_model_card(metadata, certificate))
+    (directory / CARD_FILE).write_text(render_model_card(metadata, certificate,
+                                                                 int(hf_model.config.num_labels)))
     return directory
 
 
