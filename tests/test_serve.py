@@ -907,7 +907,7 @@ def test_a_request_whose_client_left_is_not_computed(pool, texts):
         computed = sum(texts - before.get(replica, (0, 0))[0] for replica, (texts, _) in after.items())
         dropped = sum(gone - before.get(replica, (0, 0))[1] for replica, (_, gone) in after.items())
         # Dropped: those that reached the queue (Serve may cancel a request before it enters the handler at all).
-        assert computed == 2 * 128 + answered and 0 < dropped <= abandoned, (computed, dropped, answered, abandoned)
+        assert computed == 2 * 128 + answered and dropped <= abandoned, (computed, dropped, answered, abandoned)
     finally:
         start(pool.config)
 
