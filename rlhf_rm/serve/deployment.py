@@ -156,13 +156,13 @@ class _ForwardQueue:
         left = max(running_chars - (time.perf_counter() - since) * self.chars_per_s, 0.0)
         return (self.queued_chars + left) / self.chars_per_s
 
-    def admit(self, chars: int) -> None:
-        """Raise PoolOverloaded when a request of `chars` characters would finish later than max_queue_s from
-        now; a request that finds the replica idle is always admitted (its own size is bounded by the limits)."""
+    def admit(self) -> None:
+        """Raise PoolOverloaded when a request would wait longer than max_queue_s before its forward starts
+        (its own forward is bounded by the request limits, so a big request is not starved by small ones)."""
         if not self.chars_per_s or not (self.waiting or self.running[0]):
             return
         wait = self.expected_wait_s()
-        if wait + chars / self.chars_per_s > self.max_queue_s:
+        if wait > self.max_queue_s:
             self.refused += 1
             raise PoolOverloaded(wait, self.max_queue_s, retry_after_s=max(1, math.ceil(wait)))
 
@@ -173,7 +173,7 @@ class _ForwardQueue:
 
     async def run(self, items: list, chars: int) -> tuple[list, tuple]:
         """(one result per item, the forward thread's (start, tokenized, done) times)."""
-        self.admit(chars)
+        self.admit()
         entry = [items, asyncio.get_running_loop().create_future(), chars]
         self.waiting.append(entry)
         self.queued_chars += chars
