@@ -212,10 +212,9 @@ class _ForwardQueue:
             if not taken:
                 continue
             merged = [item for items, _, _ in taken for item in items]
-            chars = sum(entry[2] for entry in taken)
             self.batches += 1
             self.texts += len(merged)
-            self.running = (chars, time.perf_counter())
+            self.running = (sum(entry[2] for entry in taken), time.perf_counter())
             try:
                 results, times = await loop.run_in_executor(self.executor, _score_items, merged,
                                                             self.max_group_tokens)
@@ -226,12 +225,15 @@ class _ForwardQueue:
                 continue
             finally:
                 self.running = (0, 0.0)
-            self.measured(chars, times[2] - times[0])
-            start = 0
-            for items, future, _ in taken:
+            start, forwarded = 0, 0
+            for items, future, chars in taken:
+                mine = results[start:start + len(items)]
                 if not future.done():
-                    future.set_result((results[start:start + len(items)], times))
+                    future.set_result((mine, times))
+                if not all(isinstance(result, Exception) for result in mine):
+                    forwarded += chars  # refused items (413, empty text) cost a tokenization, not a forward
                 start += len(items)
+            self.measured(forwarded, times[2] - times[0])
 
 
 def _request_problem(group, max_group_tokens: int | None) -> BadRequest | None:
