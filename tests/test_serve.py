@@ -979,3 +979,19 @@ def test_a_checkpoint_without_certificate_is_refused_by_the_pool(pool, tmp_path)
                 assert str(uncertified) in info["refused_reload"] and "allow_uncertified" in info["refused_reload"]
     finally:
         reload_checkpoint(pool.config, current)
+
+
+def test_serve_sheds_past_max_queued_requests_with_503_retry_after_and_replicas_get_the_configs_limits():
+    """Serve's own refusal (max_queued_requests per caller) is a 503 with Retry-After, not an unbounded queue;
+    the replica's fixed settings come from ServeConfig, whose defaults are the only ones (issue 28)."""
+    from rlhf_rm.serve.app import build_app
+    from rlhf_rm.serve.config import LiveSettings, ServeConfig
+
+    config = ServeConfig(max_text_chars=1234, live=LiveSettings(checkpoint="/ckpt"))
+    deployment = build_app(config, token_sha256="digest")._bound_deployment
+    assert deployment.max_queued_requests == config.max_queued_requests > 0
+    backpressure = deployment._deployment_config.backpressure_config
+    assert backpressure.status_code == 503 and backpressure.retry_after_s >= 1
+    (settings,) = deployment.init_args
+    assert settings.max_text_chars == 1234 and settings.token_sha256 == "digest"
+    assert settings == config.replica_settings("digest")
