@@ -914,25 +914,31 @@ def test_a_request_whose_client_left_is_not_computed(pool, texts):
 
 @pytest.mark.slow
 def test_a_big_group_is_split_exactly_or_refused_and_the_next_call_is_prompt(pool, direct, texts):
-    """/score_group of 360 replies (more than tokens_per_forward=16384 tokens) is scored in several forwards,
-    each reply exactly as alone; one over max_group_tokens is a 413 naming the limit; the next plain call is
-    answered at once (before: one row with a dense T x T mask, and no limit)."""
+    """With tokens_per_forward=2048, a /score_group of 72 replies (several times that) is scored in several
+    forwards, each reply exactly as alone; one over max_group_tokens (65,536) is a 413 naming the limit; the
+    next plain call is answered at once (before: one row with a dense T x T mask, and no limit)."""
+    from rlhf_rm.serve.app import start
+
     prompts, responses = texts
     with pool.http() as http:
         current = http.get("/info").json()["checkpoint"]
     scorer = direct[0] if current == pool.checkpoint_a else direct[1]
     alone = expected(scorer, [prompts[0]] * len(responses), responses)
-    with pool.http() as http:
-        got = http.post("/score_group", json={"prompt": prompts[0], "responses": responses * 30})
-        assert got.status_code == 200, got.text
-        assert got.json()["tokens"] > 16384
-        assert_scores(got.json()["scores"], alone * 30)
-        too_big = http.post("/score_group", json={"prompt": prompts[0], "responses": responses * 150})
-        assert too_big.status_code == 413 and "max_group_tokens" in too_big.json()["detail"], too_big.text
-        sent = time.monotonic()
-        plain_call = http.post("/score", json={"prompts": prompts[:1], "responses": responses[:1]})
-        assert plain_call.status_code == 200 and time.monotonic() - sent < 5
-        assert_scores(plain_call.json()["scores"], alone[:1])
+    start(_with_live(pool, tokens_per_forward=2048))
+    try:
+        with pool.http() as http:
+            got = http.post("/score_group", json={"prompt": prompts[0], "responses": responses * 6})
+            assert got.status_code == 200, got.text
+            assert got.json()["tokens"] > 2 * 2048
+            assert_scores(got.json()["scores"], alone * 6)
+            too_big = http.post("/score_group", json={"prompt": prompts[0], "responses": responses * 150})
+            assert too_big.status_code == 413 and "max_group_tokens" in too_big.json()["detail"], too_big.text
+            sent = time.monotonic()
+            plain_call = http.post("/score", json={"prompts": prompts[:1], "responses": responses[:1]})
+            assert plain_call.status_code == 200 and time.monotonic() - sent < 5
+            assert_scores(plain_call.json()["scores"], alone[:1])
+    finally:
+        start(pool.config)
 
 
 @pytest.mark.slow
