@@ -23,5 +23,6 @@ def export_checkpoint(model, tokenizer, directory: str | Path, metadata: dict, s
     directory = save_checkpoint(model, tokenizer, directory, metadata, state_dict=state_dict)
     # The canaries are scored by the files just written, loaded as any scorer loads them.
     certificate = issue_certificate(RewardScorer(str(directory), verify=False), directory) if certify else None
-    (directory / CARD_FILE).write_text(render_model_card(read_metadata(directory), certificate))
+    heads = int(model.hf_model.config.num_labels)  # an ensemble's reward is the mean of its heads: the card says so
+    (directory / CARD_FILE).write_text(render_model_card(read_metadata(directory), certificate, heads))
     return directory

@@ -34,14 +34,15 @@ def fmt(value) -> str:
     return str(value)
 
 
-def render_model_card(metadata: CheckpointMetadata, certificate: dict | None = None) -> str:
+def render_model_card(metadata: CheckpointMetadata, certificate: dict | None = None, ensemble_size: int = 1) -> str:
+    """The card's text; `ensemble_size`: the checkpoint's reward heads (num_labels), whose mean is the reward."""
     base = metadata.base_model or "unknown"
     sections = [
         _front_matter(base),
         f"# Reward model: {base} + scalar head\n\nTrained with [rlhf_rm](https://github.com/) on human preferences. "
         "It returns one scalar r(x, y) per text: higher means more preferred. Everything below is generated from "
         "`rlhf_rm.json` in this directory.",
-        _usage_section(metadata.rendering or {}),
+        _usage_section(metadata.rendering or {}, ensemble_size),
         _rendering_section(metadata.rendering or {}),
         _data_section(metadata),
         _training_section(metadata),
@@ -57,8 +58,14 @@ def _front_matter(base: str) -> str:
            "tags:\n- reward-model\n- rlhf\n- rlhf_rm\n---"
 
 
-def _usage_section(rendering: dict) -> str:
-    return f"""## How to load it
+def _usage_section(rendering: dict, ensemble_size: int = 1) -> str:
+    if ensemble_size > 1:
+        read = "logits[0].mean()"
+        heads = (f"\n\nAn ensemble of {ensemble_size} reward heads: the reward is the mean of `logits[0]` across "
+                 f"the heads (what rlhf_rm and its serving pool return; their std is the spread).")
+    else:
+        read, heads = "logits[0, 0]", ""
+    return f"""## How to load it{heads}
 
 Without rlhf_rm (the tokenizer carries the rendering: no EOS to add by hand):
 
@@ -66,7 +73,7 @@ Without rlhf_rm (the tokenizer carries the rendering: no EOS to add by hand):
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 tok = AutoTokenizer.from_pretrained(path)
 rm = AutoModelForSequenceClassification.from_pretrained(path)
-reward = rm(**tok(prompt + response, truncation=True, return_tensors="pt")).logits[0, 0]
+reward = rm(**tok(prompt + response, truncation=True, return_tensors="pt")).{read}
 # chat messages: text = tok.apply_chat_template(messages, tokenize=False)
 ```
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -32,6 +32,24 @@ class ScoredText:
     score: float
     truncated: bool
     spread: float | None = None  # std across ensemble heads; None for a single-head model
+
+
+def split_group(group: EncodedGroup, max_tokens: int) -> list[EncodedGroup]:
+    """The group as consecutive slices of its responses, each with the whole prompt and at most `max_tokens`
+    tokens (a response that alone exceeds it gets a slice of its own). Each response still sees exactly
+    prompt + itself, so the scores equal the unsplit group's."""
+    if group.shared_length() <= max_tokens or len(group.response_ids) == 1:
+        return [group]
+    slices, start, used = [], 0, len(group.prompt_ids)
+    for position, ids in enumerate(group.response_ids):
+        if position > start and used + len(ids) > max_tokens:
+            slices.append(slice(start, position))
+            start, used = position, len(group.prompt_ids)
+        used += len(ids)
+    slices.append(slice(start, len(group.response_ids)))
+    lengths = group.response_lengths
+    return [replace(group, response_ids=group.response_ids[cut], ranks=tuple(range(cut.stop - cut.start)),
+                    response_lengths=None if lengths is None else lengths[cut]) for cut in slices]
 
 
 class RewardScorer:
@@ -75,21 +93,30 @@ class RewardScorer:
 
     def score_groups_with_spread(self, groups: list[EncodedGroup]) -> tuple[list[list[float]], list | None]:
         """Rewards of every response of every group. A group of n responses to one prompt is one row of the
-        prefix-shared layout (the prompt computed once, exact: each response sees what it would alone);
-        single texts go in padded rows. Batches are cut by `tokens_per_batch` from similar lengths."""
-        scores: list = [None] * len(groups)
-        spreads: list | None = [None] * len(groups) if self.ensemble_size > 1 else None
-        singles = [i for i, g in enumerate(groups) if len(g.response_ids) == 1]
-        shared = [i for i, g in enumerate(groups) if len(g.response_ids) > 1]
+        prefix-shared layout (the prompt computed once, exact: each response sees what it would alone), split
+        into rows of at most `tokens_per_batch` tokens (the prompt repeated in each: a row's attention mask is
+        T x T); single texts go in padded rows. Batches are cut by `tokens_per_batch` from similar lengths."""
+        pieces = [(index, piece) for index, group in enumerate(groups)
+                  for piece in split_group(group, self.tokens_per_batch)]
+        scores: list = [[] for _ in groups]
+        spreads: list | None = [[] for _ in groups] if self.ensemble_size > 1 else None
+        singles = [i for i, (_, g) in enumerate(pieces) if len(g.response_ids) == 1]
+        shared = [i for i, (_, g) in enumerate(pieces) if len(g.response_ids) > 1]
+        piece_scores: list = [None] * len(pieces)
+        piece_spreads: list = [None] * len(pieces)
         for indices, layout in ((singles, "separate"), (shared, "prefix_shared")):
             if not indices:
                 continue
-            result = score_groups(self.model, [groups[i] for i in indices], self.tokenizer.pad_token_id,
+            result = score_groups(self.model, [pieces[i][1] for i in indices], self.tokenizer.pad_token_id,
                                   layout=layout, tokens_per_batch=self.tokens_per_batch, device=self.device)
             for position, index in enumerate(indices):
-                scores[index] = result.rewards[position]
+                piece_scores[index] = result.rewards[position]
                 if spreads is not None:
-                    spreads[index] = result.spreads[position]
+                    piece_spreads[index] = result.spreads[position]
+        for position, (index, _) in enumerate(pieces):  # pieces are in response order within each group
+            scores[index].extend(piece_scores[position])
+            if spreads is not None:
+                spreads[index].extend(piece_spreads[position])
         return scores, spreads
 
     def score_group(self, prompt: Text, responses: list[Text]) -> list[ScoredText]:

@@ -7,7 +7,7 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from rlhf_rm.serve.config import LiveSettings, ServeConfig
+from rlhf_rm.serve.config import BACKPRESSURE_RETRY_AFTER_S, LiveSettings, ServeConfig
 from rlhf_rm.serve.deployment import ScoringDeployment
 
 
@@ -24,16 +24,19 @@ def http_options(config: ServeConfig) -> dict:
     return options
 
 
-def controller_options(ingress: str = "proxy") -> dict:
+def controller_options(ingress: str = "proxy", route_prefix: str = "/",
+                       max_body_bytes: int = ServeConfig.max_body_bytes) -> dict:
     """The Serve controller's environment, which its HTTP proxies (or HAProxy manager) and replicas inherit:
     a request whose replica died is retried and otherwise answered 503 + Retry-After, never a bare 500
-    (proxy_retry.py; haproxy_ingress.py with ingress=haproxy). Only applies when this call starts Serve; a
-    Serve started elsewhere needs the variables set where it starts."""
+    (proxy_retry.py; haproxy_ingress.py with ingress=haproxy). The proxy retries only this app's routes under
+    `route_prefix`, bodies up to `max_body_bytes`. Only applies when this call starts Serve; a Serve started
+    elsewhere needs the variables set where it starts."""
     from rlhf_rm.serve.haproxy_ingress import controller_env
-    from rlhf_rm.serve.proxy_retry import IMPORT_PATH
+    from rlhf_rm.serve.proxy_retry import IMPORT_PATH, proxy_env
 
     variable = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
-    env = {variable: os.environ.get(variable, IMPORT_PATH), **controller_env(ingress)}
+    env = {variable: os.environ.get(variable, IMPORT_PATH), **controller_env(ingress),
+           **proxy_env(route_prefix, max_body_bytes)}
     return {"runtime_env": {"env_vars": env}}
 
 
@@ -48,6 +51,9 @@ def build_app(config: ServeConfig, token_sha256: str | None):
     deployment = ScoringDeployment.options(
         name="ScoringDeployment",
         max_ongoing_requests=config.max_ongoing_requests,
+        # Serve's own refusal when every replica is full: 503 + Retry-After, not a queue that grows until timeouts.
+        max_queued_requests=config.max_queued_requests,
+        backpressure_config={"status_code": 503, "retry_after_s": BACKPRESSURE_RETRY_AFTER_S},
         ray_actor_options=actor_options,
         user_config=dataclasses.asdict(config.live),
         # A new checkpoint rolls replicas over; start each replacement before its predecessor stops,
@@ -55,9 +61,7 @@ def build_app(config: ServeConfig, token_sha256: str | None):
         max_surge_percent=config.max_surge_percent,
         **scaling,
     )
-    return deployment.bind(max_texts_per_request=config.max_texts_per_request, max_body_bytes=config.max_body_bytes,
-                           max_text_chars=config.max_text_chars, token_sha256=token_sha256,
-                           torch_threads=config.torch_threads, device=config.device, dtype=config.dtype)
+    return deployment.bind(config.replica_settings(token_sha256))
 
 
 def start(config: ServeConfig):
@@ -71,7 +75,8 @@ def start(config: ServeConfig):
 
     if not ray.is_initialized():
         ray.init(address=config.ray_address, include_dashboard=False)
-    serve.start(http_options=http_options(config), controller_options=controller_options(config.ingress))
+    serve.start(http_options=http_options(config), controller_options=controller_options(
+        config.ingress, config.route_prefix, config.max_body_bytes))
     running = _running_app(config.app_name)
     token_sha256 = _token_sha256(config.token_env)
     if token_sha256 is None and running is not None:

@@ -7,8 +7,9 @@
     rewards, spreads = client.score_with_spread(prompts, responses)   # ensembles: mean and std of heads
 
 The client is picklable (connections are opened lazily), splits calls larger than the pool's
-per-request limit, and retries when a replica dies or is restarting (waiting what a 503/429's
-`Retry-After` asks, else exponential backoff); bad input is not retried.
+per-request limit, and retries when a replica dies or is restarting or the pool sheds load (waiting what a
+503/429's `Retry-After`, or a handle's `PoolOverloaded.retry_after_s`, asks, else exponential backoff); bad
+input is not retried.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ class RewardClient:
         else:
             def call():
                 handle = self._handle_for([prompt], responses)
-                return handle.score_group.remote(prompt, list(responses), self.normalize,
-                                                 advantages).result(timeout_s=self.timeout_s)
+                return _result_or_cancel(handle.score_group.remote(prompt, list(responses), self.normalize,
+                                                                   advantages), self.timeout_s)
         return self._retry_sync(call)
 
     async def ascore(self, prompts: list, responses: list) -> list[float]:
@@ -114,7 +115,7 @@ class RewardClient:
         """Wait for a submitted call; on a retryable failure submit it again (to whichever replica is up)."""
         for attempt in range(self.retries + 1):
             try:
-                return response.result(timeout_s=self.timeout_s)
+                return _result_or_cancel(response, self.timeout_s)
             except Exception as error:  # noqa: BLE001 - classified by _retryable
                 if not _retryable(error) or attempt == self.retries:
                     raise
@@ -174,6 +175,16 @@ class RewardClient:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         n = self.texts_per_call
         return [(list(prompts[i:i + n]), list(responses[i:i + n])) for i in range(0, len(responses), n)]
+
+
+def _result_or_cancel(response, timeout_s: float):
+    """A handle call's result; a call that runs out of time is cancelled, so the replica drops it unforwarded
+    (a retry or the caller's error follows, and nobody would read the old call's scores)."""
+    try:
+        return response.result(timeout_s=timeout_s)
+    except TimeoutError:
+        response.cancel()
+        raise
 
 
 MAX_RETRY_AFTER_S = 60.0

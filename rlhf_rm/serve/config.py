@@ -22,7 +22,10 @@ class LiveSettings:
     normalize: bool = False  # default for requests that do not choose: (score - mean) / std from the checkpoint
     max_batch_size: int = 256  # texts per batched call
     batch_wait_timeout_s: float = 0.0    # wait of a batch's first text for company (a busy replica batches anyway)
-    tokens_per_forward: int = 16384  # padded tokens per model forward inside a batch
+    tokens_per_forward: int = 16384  # padded tokens per model forward inside a batch (a group is split to fit)
+    # Admission control: a replica refuses a request (503 + Retry-After; `PoolOverloaded` through a handle) when
+    # the work queued before it would take longer than this, by the replica's measured throughput.
+    max_queue_s: float = 4.0
 
     @classmethod
     def from_dict(cls, values: dict) -> "LiveSettings":
@@ -32,7 +35,8 @@ class LiveSettings:
         settings = cls(**values)
         if not settings.checkpoint:
             raise ValueError("serve live settings need a checkpoint")
-        if settings.max_batch_size < 1 or settings.tokens_per_forward < 1 or settings.batch_wait_timeout_s < 0:
+        if settings.max_batch_size < 1 or settings.tokens_per_forward < 1 or settings.batch_wait_timeout_s < 0 \
+                or settings.max_queue_s <= 0:
             raise ValueError(f"bad batching settings: {settings}")
         return settings
 
@@ -53,6 +57,9 @@ class ServeConfig:
     num_cpus_per_replica: float = 1.0
     torch_threads: int = 1
     max_ongoing_requests: int = 512
+    # Requests each caller (HTTP proxy, handle) holds back while every replica has max_ongoing_requests:
+    # beyond it Serve answers 503 + Retry-After (BACKPRESSURE_RETRY_AFTER_S) instead of queueing without end.
+    max_queued_requests: int = 256
     max_surge_percent: int = 100
     device: str = "cpu"
     # GPUs Ray reserves per replica; None: 1 when device is cuda, else 0 (a replica sees only what it reserved).
@@ -61,9 +68,16 @@ class ServeConfig:
     max_texts_per_request: int = 4096
     max_body_bytes: int = 8 * 1024 * 1024
     max_text_chars: int = 200_000  # per prompt or response (a chat: its contents together); longer is a 413
+    max_group_tokens: int = 65536  # tokens of one /score_group (prompt once + every reply); more is a 413
+    allow_uncertified: bool = False  # serve a checkpoint without parity_certificate.json (logged, in /info)
     request_timeout_s: float | None = 120.0  # the HTTP proxy answers 408 after this; None: no limit
     token_env: str | None = "RLHF_RM_SERVE_TOKEN"
     live: LiveSettings = field(default_factory=LiveSettings)
+
+    def replica_settings(self, token_sha256: str | None) -> "ReplicaSettings":
+        """What each replica is built with (its fixed settings; live ones come as user_config)."""
+        names = [f.name for f in dataclasses.fields(ReplicaSettings) if f.name != "token_sha256"]
+        return ReplicaSettings(token_sha256=token_sha256, **{name: getattr(self, name) for name in names})
 
     @property
     def num_gpus(self) -> float:
@@ -85,6 +99,25 @@ class ServeConfig:
 
         if self.ingress not in INGRESS_MODES:
             raise ValueError(f"serve ingress must be one of {INGRESS_MODES}, got {self.ingress!r}")
+
+
+@dataclass(frozen=True)
+class ReplicaSettings:
+    """A replica's fixed settings, taken from `ServeConfig` (its defaults live there only);
+    `token_sha256`: the bearer token's digest, None for no auth."""
+
+    max_texts_per_request: int
+    max_body_bytes: int
+    max_text_chars: int | None
+    max_group_tokens: int
+    allow_uncertified: bool
+    torch_threads: int
+    device: str
+    dtype: str
+    token_sha256: str | None = None
+
+
+BACKPRESSURE_RETRY_AFTER_S = 1  # Retry-After of Serve's own refusal (max_queued_requests) and of a lost request
 
 
 def load_serve_config(checkpoint: str | None = None, overrides: list[str] | None = None,

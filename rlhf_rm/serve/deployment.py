@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,22 +33,11 @@ from ray import serve
 
 from rlhf_rm.checkpoint.scorer import RewardScorer
 from rlhf_rm.serve import stages
-from rlhf_rm.serve.config import LiveSettings
-from rlhf_rm.serve.protocol import (
-    BadRequest,
-    ClassifyRequest,
-    EmbeddingsRequest,
-    GetRewardRequest,
-    ScoreGroupRequest,
-    ScoreRequest,
-    check_pairs,
-    classify_response,
-    embeddings_response,
-    group_advantages,
-    plain,
-    sglang_classify_response,
-    split_queries,
-)
+from rlhf_rm.serve.config import LiveSettings, ReplicaSettings
+from rlhf_rm.serve.protocol import (BadRequest, ClassifyRequest, EmbeddingsRequest, GetRewardRequest, PoolOverloaded,
+                                    ScoreGroupRequest, ScoreRequest, check_pairs, classify_response,
+                                    embeddings_response, group_advantages, plain, sglang_classify_response,
+                                    split_queries, text_chars)
 
 logger = logging.getLogger("ray.serve")
 # The schema and docs are served by routes of our own below, behind the token like everything but /health.
@@ -57,6 +47,12 @@ http_app = FastAPI(title="rlhf_rm reward pool", docs_url=None, redoc_url=None, o
 @http_app.exception_handler(BadRequest)
 async def _bad_request(request: Request, error: BadRequest):
     return JSONResponse({"detail": str(error)}, status_code=413 if error.too_large else 400)
+
+
+@http_app.exception_handler(PoolOverloaded)
+async def _overloaded(request: Request, error: PoolOverloaded):
+    return JSONResponse({"detail": str(error)}, status_code=503,
+                        headers={"Retry-After": str(math.ceil(error.retry_after_s))})
 
 
 @http_app.exception_handler(RequestValidationError)
@@ -130,57 +126,136 @@ class _ForwardQueue:
     The replica's only batching layer: a request's texts go straight in (a `@serve.batch` in front cost a
     queue, a task and a future per text on every call, to merge what this queue merges anyway). An idle
     replica starts a lone request's forward at once; while a forward runs, what arrives joins the next one.
+
+    Admission control: the queue knows its throughput (an EWMA of characters of text per second of forward
+    thread, tokenizing included; characters are known before tokenizing) and refuses a request that would wait
+    longer than `max_queue_s` behind the work queued before it (`PoolOverloaded`: 503 + Retry-After). A request
+    whose caller is gone (its task cancelled: Serve does that when an HTTP client disconnects, a handle call is
+    cancelled or the proxy's request_timeout_s passes) leaves the queue and is never tokenized or forwarded.
     """
 
     def __init__(self, executor: ThreadPoolExecutor):
         self.executor = executor
-        self.waiting: list = []  # (items, future) per request
+        self.waiting: list = []  # [items, future, chars] per request
         self.worker: asyncio.Task | None = None
         self.max_texts = 256  # live max_batch_size
         self.wait_s = 0.0  # live batch_wait_timeout_s: how long a forward waits for company before it starts
-        self.batches = 0  # counters for /info: the mean batch size shows whether batching happens
-        self.texts = 0
+        self.max_queue_s = 4.0  # live max_queue_s
+        self.max_group_tokens: int | None = None
+        self.chars_per_s: float | None = None  # measured at load (warm_up) and after every forward
+        self.queued_chars = 0
+        self.running = (0, 0.0)  # characters in the forward running now, and when it started
+        # Counters for /info: the mean batch size shows whether batching happens; dropped/refused the shedding.
+        self.batches = self.texts = self.dropped = self.refused = 0
 
-    async def run(self, items: list) -> tuple[list, tuple]:
+    def expected_wait_s(self) -> float:
+        """Seconds until the work queued now (and what is left of the running forward) is done."""
+        if not self.chars_per_s:
+            return 0.0
+        running_chars, since = self.running
+        left = max(running_chars - (time.perf_counter() - since) * self.chars_per_s, 0.0)
+        return (self.queued_chars + left) / self.chars_per_s
+
+    def admit(self) -> None:
+        """Raise PoolOverloaded when a request would wait longer than max_queue_s before its forward starts
+        (its own forward is bounded by the request limits, so a big request is not starved by small ones)."""
+        if not self.chars_per_s or not (self.waiting or self.running[0]):
+            return
+        wait = self.expected_wait_s()
+        if wait > self.max_queue_s:
+            self.refused += 1
+            raise PoolOverloaded(wait, self.max_queue_s, retry_after_s=max(1, math.ceil(wait)))
+
+    def measured(self, chars: int, seconds: float) -> None:
+        if chars and seconds > 0:
+            rate = chars / seconds
+            self.chars_per_s = rate if self.chars_per_s is None else 0.7 * self.chars_per_s + 0.3 * rate
+
+    async def run(self, items: list, chars: int) -> tuple[list, tuple]:
         """(one result per item, the forward thread's (start, tokenized, done) times)."""
-        future = asyncio.get_running_loop().create_future()
-        self.waiting.append((items, future))
+        self.admit()
+        entry = [items, asyncio.get_running_loop().create_future(), chars]
+        self.waiting.append(entry)
+        self.queued_chars += chars
         if self.worker is None or self.worker.done():
             self.worker = asyncio.create_task(self._drain())
-        return await future
+        try:
+            return await entry[1]
+        finally:
+            if any(waiting is entry for waiting in self.waiting):  # cancelled while queued: drop it
+                self.waiting = [waiting for waiting in self.waiting if waiting is not entry]
+                self._dropped(entry)
+
+    def _dropped(self, entry: list) -> None:
+        self.queued_chars -= entry[2]
+        self.dropped += len(entry[0])
+
+    def _take(self) -> list:
+        """The next forward's requests, skipping those whose caller is gone."""
+        taken, texts = [], 0
+        while self.waiting and (not taken or texts + len(self.waiting[0][0]) <= self.max_texts):
+            entry = self.waiting.pop(0)
+            if entry[1].done():  # cancelled before its task ran the cleanup in `run`
+                self._dropped(entry)
+                continue
+            self.queued_chars -= entry[2]
+            taken.append(entry)
+            texts += len(entry[0])
+        return taken
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self.waiting:
-            if self.wait_s and sum(len(items) for items, _ in self.waiting) < self.max_texts:
+            if self.wait_s and sum(len(entry[0]) for entry in self.waiting) < self.max_texts:
                 await asyncio.sleep(self.wait_s)
-            taken, texts = [], 0
-            while self.waiting and (not taken or texts + len(self.waiting[0][0]) <= self.max_texts):
-                taken.append(self.waiting.pop(0))
-                texts += len(taken[-1][0])
-            merged = [item for items, _ in taken for item in items]
+            taken = self._take()
+            if not taken:
+                continue
+            merged = [item for items, _, _ in taken for item in items]
             self.batches += 1
             self.texts += len(merged)
+            self.running = (sum(entry[2] for entry in taken), time.perf_counter())
             try:
-                results, times = await loop.run_in_executor(self.executor, _score_items, merged)
+                results, times = await loop.run_in_executor(self.executor, _score_items, merged,
+                                                            self.max_group_tokens)
             except Exception as error:  # noqa: BLE001 - handed to every waiting caller
-                for _, future in taken:
+                for _, future, _ in taken:
                     if not future.done():  # a caller may have gone away meanwhile
                         future.set_exception(error)
                 continue
-            start = 0
-            for items, future in taken:
+            finally:
+                self.running = (0, 0.0)
+            start, forwarded = 0, 0
+            for items, future, chars in taken:
+                mine = results[start:start + len(items)]
                 if not future.done():
-                    future.set_result((results[start:start + len(items)], times))
+                    future.set_result((mine, times))
+                if not all(isinstance(result, Exception) for result in mine):
+                    forwarded += chars  # refused items (413, empty text) cost a tokenization, not a forward
                 start += len(items)
+            self.measured(forwarded, times[2] - times[0])
 
 
-def _score_items(items: list[tuple[RewardScorer, object, list]]) -> tuple[list[tuple], tuple]:
+def _request_problem(group, max_group_tokens: int | None) -> BadRequest | None:
+    """Why an encoded item must not be forwarded: a text of zero tokens (it would fail its whole forward), or a
+    group over the token cap. Named by response position; the route adds the request's text index."""
+    for position, ids in enumerate(group.response_ids):
+        if not group.prompt_ids and not ids:
+            return BadRequest(f"responses[{position}] renders to zero tokens (an empty text); send text to score")
+    if max_group_tokens is not None and len(group.response_ids) > 1 and group.shared_length() > max_group_tokens:
+        return BadRequest(f"the group has {group.shared_length():,} tokens, over the limit max_group_tokens="
+                          f"{max_group_tokens:,}; send fewer or shorter responses", too_large=True)
+    return None
+
+
+def _score_items(items: list[tuple[RewardScorer, object, list]],
+                 max_group_tokens: int | None = None) -> tuple[list[tuple], tuple]:
     """Tokenize and forward a merged batch of (scorer, prompt, responses) items — one response for a text,
     n for a group scored with its prompt computed once; items of different scorers (mid-reload) go to their
-    own model. Each item gets (scores, spreads, truncated, tokens), or the exception that encoding it raised;
-    spreads are the std across ensemble heads, None for one head. Also returns when the thread started,
-    finished tokenizing and finished the forward (perf_counter, for the stage timings)."""
+    own model. Each item gets (scores, spreads, truncated, tokens), or the exception that encoding it raised
+    (or the `BadRequest` that refuses it: `_request_problem`); spreads are the std across ensemble heads, None
+    for one head. Also returns when the thread started, finished tokenizing and finished the forward
+    (perf_counter, for the stage timings)."""
     started = time.perf_counter()
     tokenizing = 0.0
     results: list = [()] * len(items)
@@ -193,10 +268,16 @@ def _score_items(items: list[tuple[RewardScorer, object, list]]) -> tuple[list[t
         tokenize_start = time.perf_counter()
         for index in indices:
             try:
-                encoded[index] = scorer.encoder.encode_group(items[index][1], items[index][2])
+                group = scorer.encoder.encode_group(items[index][1], items[index][2])
             except Exception as error:  # noqa: BLE001 - e.g. a chat template refusing the messages:
                 results[index] = error  # that caller gets a 400, its batch mates are still scored
+                continue
+            results[index] = _request_problem(group, max_group_tokens)
+            if results[index] is None:
+                encoded[index] = group
         tokenizing += time.perf_counter() - tokenize_start
+        if not encoded:
+            continue
         values, spreads = scorer.score_groups_with_spread(list(encoded.values()))
         for position, (index, group) in enumerate(encoded.items()):
             results[index] = (values[position], None if spreads is None else spreads[position],
@@ -204,26 +285,49 @@ def _score_items(items: list[tuple[RewardScorer, object, list]]) -> tuple[list[t
     return results, (started, started + tokenizing, time.perf_counter())
 
 
+def _refuse_uncertified(scorer: RewardScorer, allowed: bool) -> None:
+    """Serving refuses a checkpoint without a parity certificate (nothing proves it scores as trained),
+    at start and on every reload, unless the serve setting allow_uncertified=true says otherwise."""
+    if scorer.certified:
+        return
+    if not allowed:
+        from rlhf_rm.checkpoint.certificate import CERTIFICATE_FILE, CertificateError
+
+        raise CertificateError(f"checkpoint {scorer.checkpoint} has no {CERTIFICATE_FILE}, so nothing shows it "
+                               f"scores as trained; serving refuses it (serve setting allow_uncertified=true "
+                               f"serves it anyway)")
+    logger.warning("serving UNCERTIFIED checkpoint %s (allow_uncertified=true)", scorer.checkpoint)
+
+
+def _warm_up(scorer: RewardScorer, queue: _ForwardQueue) -> None:
+    """One forward of a few texts, timed: the throughput admission control starts from (the first forward of
+    a process is its slowest, so the start is cautious; every forward then updates it)."""
+    texts = ["The quick brown fox jumps over the lazy dog. " * 20] * 8
+    started = time.perf_counter()
+    scorer.score_groups_with_spread([scorer.encoder.encode_group("", [text]) for text in texts])
+    queue.measured(sum(len(text) for text in texts), time.perf_counter() - started)
+
+
 @serve.deployment
 @serve.ingress(http_app)
 class ScoringDeployment:
-    def __init__(self, max_texts_per_request: int = 4096, max_body_bytes: int = 8 * 1024 * 1024,
-                 token_sha256: str | None = None, torch_threads: int = 1, device: str = "cpu",
-                 dtype: str = "float32", max_text_chars: int | None = None):
+    def __init__(self, settings: ReplicaSettings):
         import torch
 
-        torch.set_num_threads(torch_threads)
-        self.max_texts = max_texts_per_request
-        self.max_text_chars = max_text_chars
-        self.token_sha256 = token_sha256
-        self.device, self.dtype = device, dtype
+        torch.set_num_threads(settings.torch_threads)
+        self.replica = settings
+        self.max_texts = settings.max_texts_per_request
+        self.max_text_chars = settings.max_text_chars
+        self.token_sha256 = settings.token_sha256
+        self.device, self.dtype = settings.device, settings.dtype
         self.refused_reload: str | None = None  # why the last hot reload was refused (certificate), for /info
-        http_app.state.max_body_bytes = max_body_bytes
-        http_app.state.token_sha256 = token_sha256
+        http_app.state.max_body_bytes = settings.max_body_bytes
+        http_app.state.token_sha256 = settings.token_sha256
         self.scorer: RewardScorer | None = None
         self.settings: LiveSettings | None = None
         # One forward thread: the event loop keeps queueing requests while a forward runs.
         self._forward_queue = _ForwardQueue(ThreadPoolExecutor(1, thread_name_prefix="rm-forward"))
+        self._forward_queue.max_group_tokens = settings.max_group_tokens
         self._stages: collections.deque = collections.deque(maxlen=4096)  # see recent_stages
 
     # -- live settings ------------------------------------------------------------------------
@@ -237,6 +341,7 @@ class ScoringDeployment:
         self.scorer.tokens_per_batch = settings.tokens_per_forward
         self._forward_queue.max_texts = settings.max_batch_size
         self._forward_queue.wait_s = settings.batch_wait_timeout_s
+        self._forward_queue.max_queue_s = settings.max_queue_s
         self.settings = settings
 
     async def _load_checkpoint(self, settings: LiveSettings) -> LiveSettings:
@@ -247,8 +352,11 @@ class ScoringDeployment:
         loop = asyncio.get_running_loop()
 
         def load(checkpoint: str) -> RewardScorer:
-            return RewardScorer(checkpoint, tokens_per_batch=settings.tokens_per_forward, device=self.device,
-                                dtype=self.dtype)
+            scorer = RewardScorer(checkpoint, tokens_per_batch=settings.tokens_per_forward, device=self.device,
+                                  dtype=self.dtype)
+            _refuse_uncertified(scorer, self.replica.allow_uncertified)
+            _warm_up(scorer, self._forward_queue)
+            return scorer
 
         try:
             self.scorer = await loop.run_in_executor(None, load, settings.checkpoint)
@@ -275,9 +383,12 @@ class ScoringDeployment:
         normalize = self.settings.normalize if normalize is None else normalize
         if normalize:
             self._normalized(scorer, [], None, True)  # a checkpoint without mean/std is a 400 before any compute
-        results, times = await self._forward_queue.run([(scorer, p, [r]) for p, r in zip(prompts, responses)]) \
-            if responses else ([], None)
+        chars = sum(text_chars(p) + text_chars(r) for p, r in zip(prompts, responses))
+        results, times = await self._forward_queue.run([(scorer, p, [r]) for p, r in zip(prompts, responses)],
+                                                       chars) if responses else ([], None)
         for index, result in enumerate(results):
+            if isinstance(result, BadRequest):
+                raise BadRequest(f"text {index}: {str(result).replace('responses[0] ', '')}", result.too_large)
             if isinstance(result, Exception):
                 raise BadRequest(f"text {index} could not be encoded: {type(result).__name__}: {result}")
         scores = [result[0][0] for result in results]
@@ -289,8 +400,9 @@ class ScoringDeployment:
 
     async def score_group(self, prompt, responses: list, normalize: bool | None = None,
                           advantages: str | None = None) -> dict:
-        """n responses to one prompt, scored in one prefix-shared forward (the prompt computed once);
-        equal to scoring each full text alone. `advantages`: None, "grpo" or "rloo" (group-normalized)."""
+        """n responses to one prompt, scored prefix-shared (the prompt computed once per forward of
+        `tokens_per_forward` tokens; a group over `max_group_tokens` is a 413); equal to scoring each full text
+        alone. `advantages`: None, "grpo" or "rloo" (group-normalized)."""
         check_pairs([prompt] * len(responses) if isinstance(responses, list) else None, responses, self.max_texts,
                     self.max_text_chars)
         if not responses:
@@ -300,8 +412,11 @@ class ScoringDeployment:
         scorer = self.scorer
         normalize = self.settings.normalize if normalize is None else normalize
         entered = time.perf_counter()
-        results, times = await self._forward_queue.run([(scorer, prompt, list(responses))])
+        chars = text_chars(prompt) + sum(text_chars(r) for r in responses)
+        results, times = await self._forward_queue.run([(scorer, prompt, list(responses))], chars)
         result = results[0]
+        if isinstance(result, BadRequest):
+            raise result
         if isinstance(result, Exception):
             raise BadRequest(f"the group could not be encoded: {type(result).__name__}: {result}")
         scores, spreads = self._normalized(scorer, result[0], result[1], normalize)
@@ -335,6 +450,7 @@ class ScoringDeployment:
                 "max_length": self.scorer.spec.max_length,
                 "rendering": self.scorer.spec.to_dict(),
                 "certified": self.scorer.certified,
+                "allow_uncertified": self.replica.allow_uncertified,
                 "length_head": metadata.length_head,  # trained with ODIN's length head (score = quality head)
                 "dtype": self.dtype,
                 "refused_reload": self.refused_reload,
@@ -343,10 +459,20 @@ class ScoringDeployment:
                 "live_settings": asdict(self.settings),
                 "max_texts_per_request": self.max_texts,
                 "max_text_chars": self.max_text_chars,
+                "max_group_tokens": self.replica.max_group_tokens,
                 "replica": serve.get_replica_context().replica_id.unique_id,
                 "ingress": _ingress(),
                 "pid": os.getpid(),  # for memory sampling (serve_bench --soak) and tests that kill a replica
-                "batches": {"count": self._forward_queue.batches, "texts": self._forward_queue.texts}}
+                "batches": {"count": self._forward_queue.batches, "texts": self._forward_queue.texts},
+                "admission": self._admission()}
+
+    def _admission(self) -> dict:
+        """Admission control's state: measured throughput, queued seconds, texts dropped (caller gone) and
+        requests refused (over max_queue_s)."""
+        queue = self._forward_queue
+        return {"chars_per_s": None if queue.chars_per_s is None else round(queue.chars_per_s, 1),
+                "queued_s": round(queue.expected_wait_s(), 3), "max_queue_s": queue.max_queue_s,
+                "dropped_texts": queue.dropped, "refused_requests": queue.refused}
 
     def redeploy_state(self) -> dict:
         """What a redeploy must carry over (app.start reads it through the handle, never over HTTP): the

@@ -18,6 +18,7 @@ import uuid
 from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray.serve.exceptions import BackPressureError
 
 
 class BadRequest(ValueError):
@@ -26,6 +27,24 @@ class BadRequest(ValueError):
     def __init__(self, message: str, too_large: bool = False):
         super().__init__(message)
         self.too_large = too_large
+
+
+class PoolOverloaded(BackPressureError):
+    """A replica refused a request because the work queued before it would take longer than `max_queue_s`:
+    retry after `retry_after_s` (HTTP: 503 + Retry-After). A `BackPressureError`, like Serve's own refusal
+    when `max_queued_requests` is exceeded, so callers retry both the same way."""
+
+    def __init__(self, queued_s: float, max_queue_s: float, retry_after_s: float):
+        Exception.__init__(self, queued_s, max_queue_s, retry_after_s)  # args: how a RayTaskError re-creates it
+        self._message = (f"pool overloaded: ~{queued_s:.1f} s of work queued on this replica, over max_queue_s="
+                         f"{max_queue_s:g}; retry after {retry_after_s:g} s")
+        self._status_code = 503
+        self._retry_after_s = retry_after_s
+
+
+def text_chars(text: Any) -> int:
+    """Characters of a prompt or response (a chat: its contents together), known before tokenizing."""
+    return len(text) if isinstance(text, str) else sum(len(m["content"]) for m in text)
 
 
 class ChatMessage(BaseModel):
@@ -119,7 +138,7 @@ def check_pairs(prompts: list | None, responses: list, max_texts: int, max_chars
     if max_chars is not None:
         for name, texts in (("prompts", prompts), ("responses", responses)):
             for i, text in enumerate(texts):
-                size = len(text) if isinstance(text, str) else sum(len(m["content"]) for m in text)
+                size = text_chars(text)
                 if size > max_chars:
                     raise BadRequest(f"{name}[{i}] has {size:,} characters, over the limit max_text_chars="
                                      f"{max_chars:,}", too_large=True)
