@@ -1,0 +1,195 @@
+"""Checkpoints across nodes through storage (rlhf_rm/storage.py) against a real S3 API (moto's server mode):
+upload, node-local cache, one-line refusals; and, marked slow, a two-node Ray cluster that trains into the
+bucket, serves from its URI on the other node and hot-reloads by publishing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster_fixtures import free_port, moto_s3
+from rlhf_rm.storage import (StorageError, check_checkpoint_uri, check_writable, fetch_checkpoint, join_uri,
+                             materialize, upload_dir, uri_for)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with moto_s3() as server:
+        server.create_bucket("ckpts")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tiny_model, tiny_tokenizer) -> str:
+    from rlhf_rm.model import save_checkpoint
+
+    meta = {"reward_mean": 0.1, "reward_std": 2.0, "max_length": 512, "base_model": "tiny-llama"}
+    return str(save_checkpoint(tiny_model, tiny_tokenizer, tmp_path_factory.mktemp("storage") / "ckpt", meta))
+
+
+def fake_checkpoint(root: Path, skip: tuple = (), weights: bytes = b"w" * 1000) -> Path:
+    """The files storage.py checks for, with placeholder content (what they hold is the loader's business)."""
+    root.mkdir(parents=True)
+    files = {"rlhf_rm.json": b"{}", "parity_certificate.json": b"{}", "model.safetensors": weights,
+             "tokenizer.json": b"{}", "sub/extra.bin": b"x" * 10}
+    for name, content in files.items():
+        if name not in skip:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(content)
+    return root
+
+
+def one_line(error: pytest.ExceptionInfo, uri: str, *words: str) -> str:
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(uri), message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def test_round_trip_scores_as_the_local_copy(s3, tiny_checkpoint, tmp_path, monkeypatch):
+    from rlhf_rm.scoring import RewardScorer
+
+    monkeypatch.setenv("RLHF_RM_CACHE", str(tmp_path / "cache"))
+    uri = upload_dir(tiny_checkpoint, s3.uri("ckpts", "round_trip"))
+    fetched = fetch_checkpoint(uri)
+    assert fetched.downloaded and Path(fetched.path).parent == tmp_path / "cache" / "checkpoints"
+    local, remote = RewardScorer(tiny_checkpoint), RewardScorer(fetched.path)  # the load re-checks the certificate
+    assert remote.certified
+    texts = ["Human: hi\n\nAssistant:", " hello there"]
+    assert [s.score for s in remote.score([texts[0]], [texts[1]])] == \
+        [s.score for s in local.score([texts[0]], [texts[1]])]
+
+
+def test_second_materialize_is_a_cache_hit(s3, tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHF_RM_CACHE", str(tmp_path / "cache"))
+    uri = upload_dir(fake_checkpoint(tmp_path / "c"), s3.uri("ckpts", "cache_hit"))
+    first = fetch_checkpoint(uri)
+    inode = os.stat(first.path).st_ino
+    second = fetch_checkpoint(uri)
+    assert first.downloaded and not second.downloaded
+    assert second.path == first.path and os.stat(second.path).st_ino == inode
+    assert (Path(first.path) / "sub" / "extra.bin").read_bytes() == b"x" * 10
+    # Another checkpoint of exactly the same shape is another cache entry.
+    other = upload_dir(fake_checkpoint(tmp_path / "d", weights=b"v" * 1000), s3.uri("ckpts", "cache_hit_2"))
+    assert materialize(other) != first.path
+    assert (Path(materialize(other)) / "model.safetensors").read_bytes() == b"v" * 1000
+
+
+def test_two_processes_materializing_at_once_download_once(s3, tmp_path):
+    uri = upload_dir(fake_checkpoint(tmp_path / "c", weights=os.urandom(4 << 20)), s3.uri("ckpts", "concurrent"))
+    code = ("import json, sys; from rlhf_rm.storage import fetch_checkpoint; m = fetch_checkpoint(sys.argv[1]); "
+            "print(json.dumps({'path': m.path, 'downloaded': m.downloaded}))")
+    env = {**os.environ, "RLHF_RM_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.PIPE, env=env) for _ in range(2)]
+    results = [json.loads(p.communicate(timeout=120)[0].decode().strip().splitlines()[-1]) for p in procs]
+    assert sorted(r["downloaded"] for r in results) == [False, True], results
+    assert results[0]["path"] == results[1]["path"]
+    assert not list((tmp_path / "cache" / "checkpoints").glob("*.partial-*"))
+
+
+def test_a_killed_download_is_never_used(s3, tmp_path, monkeypatch):
+    """What a download killed half way leaves (a .partial dir) is discarded; the entry is downloaded whole."""
+    monkeypatch.setenv("RLHF_RM_CACHE", str(tmp_path / "cache"))
+    uri = upload_dir(fake_checkpoint(tmp_path / "c"), s3.uri("ckpts", "killed"))
+    fetched = fetch_checkpoint(uri)
+    entry = Path(fetched.path)
+
+    partial = entry.with_name(entry.name + ".partial-99999")
+    entry.rename(partial)
+    (partial / "model.safetensors").write_bytes(b"w" * 10)  # cut short
+    again = fetch_checkpoint(uri)
+    assert again.downloaded and again.path == fetched.path and not partial.exists()
+    assert (entry / "model.safetensors").stat().st_size == 1000
+
+
+@pytest.mark.parametrize("missing", ["rlhf_rm.json", "parity_certificate.json", "model.safetensors"])
+def test_a_half_uploaded_checkpoint_is_refused_in_one_line(s3, tmp_path, monkeypatch, missing):
+    monkeypatch.setenv("RLHF_RM_CACHE", str(tmp_path / "cache"))
+    uri = s3.uri("ckpts", f"half_{missing}")
+    upload_dir(fake_checkpoint(tmp_path / "c", skip=(missing,)), uri)
+    with pytest.raises(StorageError) as error:
+        materialize(uri)
+    one_line(error, uri, "incomplete checkpoint", missing.split(".")[0])
+    assert not (tmp_path / "cache" / "checkpoints").exists() or not any((tmp_path / "cache" / "checkpoints").iterdir())
+
+
+def test_upload_never_overwrites_what_is_stored(s3, tmp_path):
+    uri = upload_dir(fake_checkpoint(tmp_path / "c"), s3.uri("ckpts", "kept"))
+    with pytest.raises(StorageError) as error:
+        upload_dir(fake_checkpoint(tmp_path / "d", weights=b"v" * 1000), uri)
+    one_line(error, uri, "already holds files")
+    assert (Path(materialize(uri)) / "model.safetensors").read_bytes() == b"w" * 1000
+
+
+def test_bad_locations_fail_in_one_line_naming_the_uri(s3):
+    empty = s3.uri("ckpts", "nothing_here")
+    with pytest.raises(StorageError) as error:
+        check_checkpoint_uri(empty)
+    one_line(error, empty, "no checkpoint there")
+    no_bucket = s3.uri("no-such-bucket", "ckpt")
+    with pytest.raises(StorageError) as error:
+        check_checkpoint_uri(no_bucket)
+    one_line(error, no_bucket, "bucket does not exist")
+    unreachable = f"s3://ckpts/x?endpoint_override=127.0.0.1:{free_port()}&scheme=http"
+    with pytest.raises(StorageError) as error:
+        check_checkpoint_uri(unreachable)
+    one_line(error, unreachable, "endpoint unreachable")
+    typo = f"s3://ckpts/x?endpoint_overide={s3.endpoint}"
+    with pytest.raises(StorageError) as error:
+        check_checkpoint_uri(typo)
+    one_line(error, typo, "endpoint_overide")
+
+
+def test_credentials_missing_wrong_or_read_only_fail_in_one_line(s3, tmp_path, monkeypatch):
+    """With moto checking credentials and IAM policies: a read-only user reads but cannot write outputs,
+    unknown keys and no keys at all are refused, each in one line naming the URI."""
+    import boto3
+
+    uri = upload_dir(fake_checkpoint(tmp_path / "c"), s3.uri("ckpts", "auth"))
+    iam = boto3.client("iam", endpoint_url=f"http://{s3.endpoint}", region_name="us-east-1")
+    s3.set_auth(3)  # the 3 IAM calls below are free, everything after them is checked
+    try:
+        iam.create_user(UserName="reader")
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:Get*", "s3:List*", "s3:Head*"],
+                                                    "Resource": "*"}]}))
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        assert check_checkpoint_uri(uri)  # reading is allowed
+        outputs = s3.uri("ckpts", "auth_outputs")
+        with pytest.raises(StorageError) as error:
+            check_writable(outputs)
+        one_line(error, outputs, "access refused")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG1")
+        with pytest.raises(StorageError) as error:
+            check_checkpoint_uri(uri)
+        one_line(error, uri, "access refused")
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws either
+        with pytest.raises(StorageError) as error:
+            check_checkpoint_uri(uri)
+        one_line(error, uri, "no AWS credentials in the environment")
+    finally:
+        s3.set_auth(float("inf"))
+
+
+def test_uris_keep_their_query_settings(s3):
+    import pyarrow.fs as pafs
+
+    base = s3.uri("ckpts", "runs")
+    assert join_uri(base, "run1", "outputs") == f"s3://ckpts/runs/run1/outputs?endpoint_override={s3.endpoint}&scheme=http"
+    filesystem, path = pafs.FileSystem.from_uri(join_uri(base, "run1"))
+    assert uri_for(filesystem, path, like=base) == join_uri(base, "run1")
+    rebuilt = uri_for(filesystem, path)  # no storage_path to copy from: read back from the filesystem
+    assert pafs.FileSystem.from_uri(rebuilt)[1] == path and f"endpoint_override={s3.endpoint}" in rebuilt
+    assert uri_for(pafs.LocalFileSystem(), "/tmp/x") == "/tmp/x"
