@@ -425,9 +425,12 @@ def evaluate(cfg: DictConfig, report_dir: Path) -> dict:
 
     from rlhf_rm.model import read_metadata
     from rlhf_rm.scoring import RewardScorer
+    from rlhf_rm.storage import is_uri, materialize
 
     started = time.perf_counter()
-    checkpoint = os.path.normpath(to_absolute_path(cfg.checkpoint))
+    # A URI is checked, then downloaded once into this machine's cache; the report names the URI.
+    source = cfg.checkpoint if is_uri(cfg.checkpoint) else os.path.normpath(to_absolute_path(cfg.checkpoint))
+    checkpoint = materialize(source)
     report_dir.mkdir(parents=True, exist_ok=True)
     metadata = read_metadata(checkpoint)
     style, why = checkpoint_prompt_style(metadata, cfg.prompt_style)
@@ -440,7 +443,7 @@ def evaluate(cfg: DictConfig, report_dir: Path) -> dict:
     scorer = RewardScorer(checkpoint, tokens_per_batch=cfg.tokens_per_batch, device=device, dtype=cfg.dtype)
     table = TextScores(scorer, [(p.prompt, r) for p in data.pairs for r in (p.chosen, p.rejected)])
     scored = score_pairs(table, data.pairs, data.labels)
-    report = build_report(scored, checkpoint, list(data.summary["sources"]), data.summary, bins=cfg.report.bins,
+    report = build_report(scored, source, list(data.summary["sources"]), data.summary, bins=cfg.report.bins,
                           worst_k=cfg.report.worst_k, length_edges=list(cfg.report.length_edges))
     if data.benchmarks:
         report["rewardbench"] = {

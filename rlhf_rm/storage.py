@@ -260,3 +260,21 @@ def upload_dir(local_dir: str | Path, uri: str, overwrite: bool = False) -> str:
     except OSError as error:
         raise explain(uri, error) from None
     return uri
+
+
+OUTPUT_DIRS = (".hydra", "wandb")  # besides a run directory's top-level files (metrics, progress, diagnostics)
+
+
+def upload_run_outputs(run_dir: str | Path, uri: str) -> None:
+    """Copy what users read after a run (run_dir's top-level files, its Hydra config and W&B files) to `uri`,
+    replacing the previous copy of those files (they are rewritten as the run goes on)."""
+    import tempfile
+
+    run_dir = Path(run_dir)
+    with tempfile.TemporaryDirectory(prefix="rlhf_rm_outputs_") as staging:
+        for path in run_dir.iterdir() if run_dir.is_dir() else ():
+            if path.is_file() and ".tmp" not in path.name:
+                shutil.copy2(path, Path(staging, path.name))
+            elif path.is_dir() and path.name in OUTPUT_DIRS:
+                shutil.copytree(path, Path(staging, path.name), ignore_dangling_symlinks=True, symlinks=False)
+        upload_dir(staging, uri, overwrite=True)

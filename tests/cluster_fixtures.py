@@ -74,21 +74,30 @@ def moto_s3():
 @contextmanager
 def two_node_cluster(cpus_per_node: int = 2):
     """A head ({"node_a": 1}) and a worker node ({"node_b": 1}) on this machine, each a raylet of its own,
-    under a temp dir of their own (never /tmp/ray, which other local clusters use); ray.init joins it."""
+    under a temp dir of their own; ray.init joins it. RAY_TMPDIR points there while it runs: Cluster writes
+    and removes the "current cluster" address file under it, never /tmp/ray (other local clusters' file)."""
     import ray
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
-    temp_dir = tempfile.mkdtemp(prefix="rlhf_rm_cluster_", dir="/tmp")
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": cpus_per_node, "resources": {"node_a": 1}, "_temp_dir": temp_dir,
-        "include_dashboard": True, "dashboard_host": "127.0.0.1"})
+    root = tempfile.mkdtemp(prefix="rmc_", dir="/tmp")  # short: Ray's unix socket paths live under it
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = root
+    cluster = None
     try:
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": cpus_per_node, "resources": {"node_a": 1}, "temp_dir": os.path.join(root, "ray"),
+            "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port()})
         cluster.add_node(num_cpus=cpus_per_node, resources={"node_b": 1})
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
         yield cluster
     finally:
         ray.shutdown()
-        cluster.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved

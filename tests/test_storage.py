@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cluster_fixtures import free_port, moto_s3
+from conftest import FIXTURES
 from rlhf_rm.storage import (StorageError, check_checkpoint_uri, check_writable, fetch_checkpoint, join_uri,
                              materialize, upload_dir, uri_for)
 
@@ -193,3 +194,140 @@ def test_uris_keep_their_query_settings(s3):
     rebuilt = uri_for(filesystem, path)  # no storage_path to copy from: read back from the filesystem
     assert pafs.FileSystem.from_uri(rebuilt)[1] == path and f"endpoint_override={s3.endpoint}" in rebuilt
     assert uri_for(pafs.LocalFileSystem(), "/tmp/x") == "/tmp/x"
+
+
+# -- two Ray nodes on this machine, checkpoints only through the bucket ---------------------------------
+@pytest.fixture(scope="module")
+def cluster(s3):
+    """Head {"node_a": 1} and worker {"node_b": 1}, 2 CPUs each (a worker of cpus_per_worker=2 fills a node);
+    started after the S3 server so every node has the AWS settings."""
+    from cluster_fixtures import two_node_cluster
+
+    s3.create_bucket("runs")
+    with two_node_cluster(cpus_per_node=2) as running:
+        yield running
+
+
+def node_id(resource: str) -> str:
+    import ray
+
+    return next(n["NodeID"] for n in ray.nodes() if n["Alive"] and resource in n["Resources"])
+
+
+def train_into_bucket(s3, tiny_backbone, tmp_path, run_name: str, extra: list[str]) -> tuple[dict, str]:
+    """A tiny run with trainer.storage_path in the bucket; returns (metrics, the printed checkpoint_uri)."""
+    from rlhf_rm.config import compose
+    from rlhf_rm.train import run
+
+    cfg = compose([f"model.path={tiny_backbone}", f"data.train={FIXTURES / 'hh_train_small.jsonl'}",
+                   f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}", "batching.tokens_per_worker=1200",
+                   "trainer.log_every=1", "logger=none", f"run_name={run_name}",
+                   f"trainer.storage_path='{s3.uri('runs', 'rlhf_rm')}'", *extra])
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        metrics = run(cfg, tmp_path / "run")
+    lines = [line for line in printed.getvalue().splitlines() if line.startswith("checkpoint_uri: ")]
+    assert len(lines) == 1, printed.getvalue()[-2000:]
+    return metrics, lines[0].removeprefix("checkpoint_uri: ")
+
+
+def plain_hf_scores(checkpoint: str, texts: list[str]) -> list[float]:
+    """transformers only: what any consumer of the checkpoint directory gets."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        return [float(model(**tokenizer([text], return_tensors="pt")).logits[0, 0]) for text in texts]
+
+
+def dev_texts(n: int = 3) -> tuple[list[str], list[str]]:
+    rows = [json.loads(line) for line in (FIXTURES / "hh_dev_small.jsonl").read_text().splitlines()[:n]]
+    cuts = [row["chosen"].rfind("\n\nAssistant:") + len("\n\nAssistant:") for row in rows]
+    return [r["chosen"][:c] for r, c in zip(rows, cuts)], [r["chosen"][c:] for r, c in zip(rows, cuts)]
+
+
+@pytest.mark.slow
+def test_two_nodes_train_into_the_bucket_and_the_other_node_serves_the_uri(s3, cluster, tiny_backbone, tmp_path):
+    """Two training workers on two nodes write checkpoints only to the bucket; a replica pinned to node_b
+    serves the final checkpoint from its URI and scores as plain HF does on the local copy."""
+    import dataclasses
+
+    from ray import serve
+    from ray.util.state import list_actors
+
+    from rlhf_rm.serve.app import start
+    from rlhf_rm.serve.config import LiveSettings, ServeConfig
+    from rlhf_rm.storage import list_files
+
+    metrics, uri = train_into_bucket(s3, tiny_backbone, tmp_path, "two_nodes",
+                                     ["trainer.num_workers=2", "trainer.cpus_per_worker=2", "trainer.max_steps=3"])
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100)
+    assert {w.node_id for w in workers} == {node_id("node_a"), node_id("node_b")}, workers
+    assert uri.startswith("s3://runs/rlhf_rm/two_nodes/checkpoint_") and f"endpoint_override={s3.endpoint}" in uri
+    outputs = list_files(s3.uri("runs", "rlhf_rm/two_nodes/outputs"))
+    assert {"metrics.json", "progress.json", "diagnostics.json"} <= set(outputs), outputs
+
+    config = ServeConfig(app_name="rm_from_bucket", route_prefix="/bucket", port=free_port(), num_replicas=1,
+                         num_cpus_per_replica=0.5, token_env=None, replica_resources={"node_b": 1},
+                         live=LiveSettings(checkpoint=uri))
+    with pytest.raises(StorageError) as error:  # refused before any replica starts
+        start(dataclasses.replace(config, live=LiveSettings(checkpoint=s3.uri("runs", "rlhf_rm/nothing"))))
+    one_line(error, s3.uri("runs", "rlhf_rm/nothing"), "no checkpoint there")
+    assert "rm_from_bucket" not in serve.status().applications
+    handle = start(config)
+    try:
+        info = handle.info.remote().result(timeout_s=120)
+        assert info["checkpoint"] == uri and info["node"] == node_id("node_b") and info["certified"]
+        assert Path(info["local_checkpoint"]).parent.name == "checkpoints"  # the node's cache, not the run dir
+        prompts, responses = dev_texts()
+        served = handle.score.remote(prompts, responses).result(timeout_s=120)["scores"]
+    finally:
+        serve.delete("rm_from_bucket")
+    plain = plain_hf_scores(metrics["checkpoint"], [p + r for p, r in zip(prompts, responses)])
+    assert served == pytest.approx(plain, abs=1e-5)
+    # The CLI takes the URI too.
+    out = subprocess.run([sys.executable, "-m", "rlhf_rm.score", uri, "--prompt", prompts[0], "--response",
+                          responses[0]], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["score"] == pytest.approx(plain[0], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_publish_to_serve_with_s3_storage_reloads_a_pool_on_another_node(s3, cluster, tiny_backbone, tiny_checkpoint,
+                                                                         tmp_path):
+    """trainer.publish_to_serve with the bucket as storage: the pool's replica on node_b downloads and serves
+    every checkpoint the run reports (the trainer fills node_a)."""
+
+    from ray import serve
+
+    from rlhf_rm.serve.app import start
+    from rlhf_rm.serve.config import LiveSettings, ServeConfig
+    from rlhf_rm.storage import cache_root, list_files
+
+    first = upload_dir(tiny_checkpoint, s3.uri("runs", "published/initial"))
+    app = "rm_published_s3"
+    shape = {"app_name": app, "route_prefix": "/published_s3", "port": free_port(), "num_replicas": 1,
+             "num_cpus_per_replica": 0.5, "token_env": None}
+    handle = start(ServeConfig(**shape, replica_resources={"node_b": 1}, live=LiveSettings(checkpoint=first)))
+    before = set(cache_root().iterdir())
+    try:
+        overrides = [f"{k}={v if v is not None else 'null'}" for k, v in shape.items()] + ["replica_resources={node_b: 1}"]
+        metrics, uri = train_into_bucket(s3, tiny_backbone, tmp_path, "published", [
+            "trainer.num_workers=1", "trainer.cpus_per_worker=2", "trainer.max_steps=4", "trainer.checkpoint_every=2",
+            "trainer.publish_to_serve=[" + ",".join(f'"{item}"' for item in overrides) + "]"])
+        info = handle.info.remote().result(timeout_s=120)
+        assert info["checkpoint"] == uri and info["node"] == node_id("node_b")
+    finally:
+        serve.delete(app)
+    # Every checkpoint of the run (steps 2 and 4) was downloaded once into the nodes' cache by a replica.
+    reported = {name.split("/")[0] for name in list_files(s3.uri("runs", "rlhf_rm/published")) if
+                name.startswith("checkpoint_")}
+    downloaded = [json.loads((entry / "rlhf_rm.json").read_text())["steps"]
+                  for entry in set(cache_root().iterdir()) - before if entry.is_dir()]
+    assert len(reported) == 2 and sorted(downloaded) == [2, 4], (reported, downloaded)
+    assert metrics["step"] == 4
