@@ -110,7 +110,7 @@ def explain(uri: str, error: BaseException) -> StorageError:
     text = str(error)
     if "NETWORK_CONNECTION" in text or "Could not resolve" in text or "connect to server" in text:
         why = "endpoint unreachable"
-    elif "NO_SUCH_BUCKET" in text or "bucket does not exist" in text.lower():
+    elif "NO_SUCH_BUCKET" in text or re.search(r"bucket does not exist|Bucket '[^']*' not found", text):
         why = "bucket does not exist"
     elif any(k in text for k in ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH",
                                  "AccessDenied", "Forbidden", "403")):

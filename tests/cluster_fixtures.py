@@ -73,8 +73,9 @@ def moto_s3():
 
 @contextmanager
 def two_node_cluster(cpus_per_node: int = 2):
-    """A head ({"node_a": 1}) and a worker node ({"node_b": 1}) on this machine, each a raylet of its own,
-    under a temp dir of their own; ray.init joins it. RAY_TMPDIR points there while it runs: Cluster writes
+    """A head ({"node_a": 10}) and a worker node ({"node_b": 10}) on this machine, each a raylet of its own,
+    under a temp dir of their own; ray.init joins it. Ten units each, so a replica pinned with {"node_b": 1}
+    and its surge replacement during a reload fit together. RAY_TMPDIR points there while it runs: Cluster writes
     and removes the "current cluster" address file under it, never /tmp/ray (other local clusters' file)."""
     import ray
     from ray.cluster_utils import Cluster
@@ -87,9 +88,9 @@ def two_node_cluster(cpus_per_node: int = 2):
     cluster = None
     try:
         cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": cpus_per_node, "resources": {"node_a": 1}, "temp_dir": os.path.join(root, "ray"),
+            "num_cpus": cpus_per_node, "resources": {"node_a": 10}, "temp_dir": os.path.join(root, "ray"),
             "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port()})
-        cluster.add_node(num_cpus=cpus_per_node, resources={"node_b": 1})
+        cluster.add_node(num_cpus=cpus_per_node, resources={"node_b": 10})
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
         yield cluster

@@ -184,6 +184,23 @@ def test_credentials_missing_wrong_or_read_only_fail_in_one_line(s3, tmp_path, m
         s3.set_auth(float("inf"))
 
 
+def test_training_into_a_bucket_it_cannot_write_stops_before_anything_starts(s3, tiny_backbone, tmp_path):
+    import ray
+
+    from rlhf_rm.config import compose
+    from rlhf_rm.train import run
+
+    storage = s3.uri("no-such-bucket", "rlhf_rm")
+    cfg = compose([f"model.path={tiny_backbone}", f"data.train={FIXTURES / 'hh_train_small.jsonl'}",
+                   f"data.dev={FIXTURES / 'hh_dev_small.jsonl'}", "logger=none", "run_name=r1",
+                   f"trainer.storage_path='{storage}'"])
+    started = ray.is_initialized()
+    with pytest.raises(StorageError) as error:
+        run(cfg, tmp_path / "run")
+    one_line(error, s3.uri("no-such-bucket", "rlhf_rm/r1"), "bucket does not exist")
+    assert ray.is_initialized() == started and not (tmp_path / "run").exists()
+
+
 def test_uris_keep_their_query_settings(s3):
     import pyarrow.fs as pafs
 
@@ -199,7 +216,7 @@ def test_uris_keep_their_query_settings(s3):
 # -- two Ray nodes on this machine, checkpoints only through the bucket ---------------------------------
 @pytest.fixture(scope="module")
 def cluster(s3):
-    """Head {"node_a": 1} and worker {"node_b": 1}, 2 CPUs each (a worker of cpus_per_worker=2 fills a node);
+    """Head {"node_a": 10} and worker {"node_b": 10}, 2 CPUs each (a worker of cpus_per_worker=2 fills a node);
     started after the S3 server so every node has the AWS settings."""
     from cluster_fixtures import two_node_cluster
 
@@ -326,7 +343,7 @@ def test_publish_to_serve_with_s3_storage_reloads_a_pool_on_another_node(s3, clu
         serve.delete(app)
     # Every checkpoint of the run (steps 2 and 4) was downloaded once into the nodes' cache by a replica.
     reported = {name.split("/")[0] for name in list_files(s3.uri("runs", "rlhf_rm/published")) if
-                name.startswith("checkpoint_")}
+                name.startswith("checkpoint_") and "/" in name}
     downloaded = [json.loads((entry / "rlhf_rm.json").read_text())["steps"]
                   for entry in set(cache_root().iterdir()) - before if entry.is_dir()]
     assert len(reported) == 2 and sorted(downloaded) == [2, 4], (reported, downloaded)
