@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-
     from cluster_fixtures import moto_s3
+
     from rlhf_rm.backbone import resolve_backbone
     from rlhf_rm.model import load_reward_model, load_tokenizer, save_checkpoint
     from rlhf_rm.scoring import RewardScorer

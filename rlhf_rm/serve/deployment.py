@@ -242,8 +242,8 @@ class ScoringDeployment:
         def load(checkpoint: str) -> RewardScorer:
             # A URI is downloaded into this node's cache (once per node), then loaded like a directory:
             # the load re-scores the parity canaries of what was downloaded.
-            return RewardScorer(materialize(checkpoint), tokens_per_batch=settings.tokens_per_forward, device=self.device,
-                                dtype=self.dtype)
+            return RewardScorer(materialize(checkpoint), tokens_per_batch=settings.tokens_per_forward,
+                                device=self.device, dtype=self.dtype)
 
         try:
             self.scorer = await loop.run_in_executor(None, load, settings.checkpoint)
