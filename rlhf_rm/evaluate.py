@@ -481,8 +481,9 @@ def main(cfg: DictConfig) -> None:
 
 
 def checkpoint_argument_to_override(argv: list[str]) -> list[str]:
-    """`evaluate CHECKPOINT k=v ...` → `evaluate checkpoint='CHECKPOINT' k=v ...` (Hydra takes only k=v)."""
-    if len(argv) > 1 and "=" not in argv[1] and not argv[1].startswith("-"):
+    """`evaluate CHECKPOINT k=v ...` → `evaluate checkpoint='CHECKPOINT' k=v ...` (Hydra takes only k=v). A URI
+    is a checkpoint even with `=` in its query (s3://b/ckpt?endpoint_override=...): no override key has `://`."""
+    if len(argv) > 1 and ("=" not in argv[1] or "://" in argv[1].split("=", 1)[0]) and not argv[1].startswith("-"):
         quoted = f"'{argv[1]}'" if "'" not in argv[1] else argv[1]
         return [argv[0], f"checkpoint={quoted}", *argv[2:]]
     return argv

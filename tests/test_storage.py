@@ -201,6 +201,22 @@ def test_training_into_a_bucket_it_cannot_write_stops_before_anything_starts(s3,
     assert ray.is_initialized() == started and not (tmp_path / "run").exists()
 
 
+def test_evaluate_takes_a_uri(s3, tiny_checkpoint, tmp_path, monkeypatch):
+    """`python -m rlhf_rm.evaluate URI`: the URI's query (with `=`) is not read as a Hydra override, the
+    checkpoint is downloaded and scored, and the report names the URI."""
+    from rlhf_rm.config import compose
+    from rlhf_rm.evaluate import checkpoint_argument_to_override, evaluate
+
+    monkeypatch.setenv("RLHF_RM_CACHE", str(tmp_path / "cache"))
+    uri = upload_dir(tiny_checkpoint, s3.uri("ckpts", "evaluated"))
+    argv = checkpoint_argument_to_override(["evaluate", uri, f"data.dev=[{FIXTURES / 'hh_dev_small.jsonl'}]"])
+    cfg = compose(argv[1:], config_name="evaluate")
+    assert cfg.checkpoint == uri
+    report = evaluate(cfg, tmp_path / "report")
+    assert report["checkpoint"] == uri and report["rewards"]["pairs"] == 16
+    assert list((tmp_path / "cache" / "checkpoints").iterdir())
+
+
 def test_uris_keep_their_query_settings(s3):
     import pyarrow.fs as pafs
 
