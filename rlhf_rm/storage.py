@@ -28,6 +28,7 @@ CERTIFICATE_FILE = "parity_certificate.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 # Written last by upload_dir: while they are missing, the checkpoint is still being uploaded.
 LAST_FILES = (CERTIFICATE_FILE, METADATA_FILE)
+DOWNLOAD_CHUNK = 32 << 20  # bytes per read (one ranged GET on S3)
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SCHEMES = {"s3": "s3", "gcs": "gs"}  # pyarrow filesystem type_name -> URI scheme
 
@@ -230,8 +231,10 @@ def _download(uri: str, staging: Path, files: dict) -> None:
     for name in files:  # copy_files does not create local directories
         (staging / name).parent.mkdir(parents=True, exist_ok=True)
     try:
+        # Large reads: each read of an S3 file is one ranged GET (pyarrow's 1 MiB default made a 540 MB
+        # checkpoint 540 requests, which an S3-compatible server may answer slowly).
         pafs.copy_files(root, str(staging), source_filesystem=filesystem,
-                        destination_filesystem=pafs.LocalFileSystem(), use_threads=True)
+                        destination_filesystem=pafs.LocalFileSystem(), chunk_size=DOWNLOAD_CHUNK, use_threads=True)
     except OSError as error:
         raise explain(uri, error) from None
     for name, (size, _) in files.items():
