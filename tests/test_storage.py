@@ -135,6 +135,22 @@ def test_a_half_uploaded_checkpoint_is_refused_in_one_line(s3, tmp_path, monkeyp
     assert not (tmp_path / "cache" / "checkpoints").exists() or not any((tmp_path / "cache" / "checkpoints").iterdir())
 
 
+def test_score_and_serve_clis_refuse_a_bad_uri_in_one_line(s3, tmp_path, capsys):
+    """Before any model load or replica: exit status 2 and the one line on stderr."""
+    from rlhf_rm.score import main as score_cli
+    from rlhf_rm.serve.__main__ import main as serve_cli
+
+    uri = s3.uri("ckpts", "half_for_cli")
+    upload_dir(fake_checkpoint(tmp_path / "c", skip=("parity_certificate.json",)), uri)
+    for cli, argv in ((score_cli, [uri, "--response", "hi"]), (serve_cli, [uri, "detach=true"])):
+        with pytest.raises(SystemExit) as exited:
+            cli(argv)
+        assert exited.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"{uri}: incomplete checkpoint (half uploaded, or not a checkpoint): missing " \
+                      "parity_certificate.json"
+
+
 def test_upload_never_overwrites_what_is_stored(s3, tmp_path):
     uri = upload_dir(fake_checkpoint(tmp_path / "c"), s3.uri("ckpts", "kept"))
     with pytest.raises(StorageError) as error:
