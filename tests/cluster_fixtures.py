@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -102,3 +103,4 @@ def two_node_cluster(cpus_per_node: int = 2):
             os.environ.pop("RAY_TMPDIR", None)
         else:
             os.environ["RAY_TMPDIR"] = saved
+        shutil.rmtree(root, ignore_errors=True)
