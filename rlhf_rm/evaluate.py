@@ -38,9 +38,12 @@ def evaluate(cfg: DictConfig, report_dir: Path) -> dict:
     import torch
 
     from rlhf_rm.checkpoint.scorer import RewardScorer
+    from rlhf_rm.checkpoint.storage import is_uri, materialize
 
     started = time.perf_counter()
-    checkpoint = os.path.normpath(to_absolute_path(cfg.checkpoint))
+    # A URI is checked, then downloaded once into this machine's cache; the report names the URI.
+    source = cfg.checkpoint if is_uri(cfg.checkpoint) else os.path.normpath(to_absolute_path(cfg.checkpoint))
+    checkpoint = materialize(source)
     report_dir.mkdir(parents=True, exist_ok=True)
     metadata = read_metadata(checkpoint)
     style, why = checkpoint_prompt_style(metadata, cfg.prompt_style)
@@ -53,7 +56,7 @@ def evaluate(cfg: DictConfig, report_dir: Path) -> dict:
     scorer = RewardScorer(checkpoint, tokens_per_batch=cfg.tokens_per_batch, device=device, dtype=cfg.dtype)
     table = TextScores(scorer, [(p.prompt, r) for p in data.pairs for r in (p.chosen, p.rejected)])
     scored = score_pairs(table, data.pairs, data.labels)
-    report = build_report(scored, checkpoint, list(data.summary["sources"]), data.summary, bins=cfg.report.bins,
+    report = build_report(scored, source, list(data.summary["sources"]), data.summary, bins=cfg.report.bins,
                           worst_k=cfg.report.worst_k, length_edges=list(cfg.report.length_edges))
     if data.benchmarks:
         report["rewardbench"] = {
@@ -90,8 +93,9 @@ def main(cfg: DictConfig) -> None:
 
 
 def checkpoint_argument_to_override(argv: list[str]) -> list[str]:
-    """`evaluate CHECKPOINT k=v ...` → `evaluate checkpoint='CHECKPOINT' k=v ...` (Hydra takes only k=v)."""
-    if len(argv) > 1 and "=" not in argv[1] and not argv[1].startswith("-"):
+    """`evaluate CHECKPOINT k=v ...` → `evaluate checkpoint='CHECKPOINT' k=v ...` (Hydra takes only k=v). A URI
+    is a checkpoint even with `=` in its query (s3://b/ckpt?endpoint_override=...): no override key has `://`."""
+    if len(argv) > 1 and ("=" not in argv[1] or "://" in argv[1].split("=", 1)[0]) and not argv[1].startswith("-"):
         quoted = f"'{argv[1]}'" if "'" not in argv[1] else argv[1]
         return [argv[0], f"checkpoint={quoted}", *argv[2:]]
     return argv

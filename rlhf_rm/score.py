@@ -18,7 +18,7 @@ from rlhf_rm.evaluation.metrics import pair_metrics
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlhf_rm.score", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint")
+    parser.add_argument("checkpoint", help="directory, or URI (s3://bucket/path?endpoint_override=...)")
     parser.add_argument("--prompt", action="append", default=[], help="repeatable; pairs with --response in order")
     parser.add_argument("--response", action="append", default=[])
     parser.add_argument("--file", help="JSONL/JSON/Parquet preference pairs to score")
@@ -33,7 +33,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    scorer = RewardScorer(args.checkpoint, dtype=args.dtype)
+    from rlhf_rm.checkpoint.storage import StorageError, materialize
+
+    try:  # a URI is downloaded once into this machine's cache
+        checkpoint = materialize(args.checkpoint)
+    except StorageError as error:
+        parser.exit(2, f"{error}\n")
+    scorer = RewardScorer(checkpoint, dtype=args.dtype)
     if args.response:
         prompts = args.prompt or [""] * len(args.response)
         for item in scorer.score(prompts, args.response):

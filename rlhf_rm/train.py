@@ -35,6 +35,7 @@ def run(cfg: DictConfig | TrainConfig, run_dir: Path) -> dict:
     """Train once; returns the final metrics (also written to run_dir/metrics.json)."""
     started = time.perf_counter()
     settings = settings_from(cfg)
+    check_storage(settings.trainer.storage_path, str(settings.run_name))
     run_dir.mkdir(parents=True, exist_ok=True)
     print(resume_line(settings, run_dir, typed_overrides()), flush=True)
     backbone_path = resolve_backbone(settings.model.path)
@@ -54,7 +55,9 @@ def run(cfg: DictConfig | TrainConfig, run_dir: Path) -> dict:
     trainer = build_trainer(settings, loop_config, train)
     with DriverProgress(run_dir):  # one bar in a terminal; plain step lines from rank 0 everywhere
         result = trainer.fit()
-    return write_results(result, run_dir, train, dev, time.perf_counter() - started)
+    metrics = write_results(result, run_dir, train, dev, time.perf_counter() - started)
+    report_storage(result.checkpoint, settings, run_dir)
+    return metrics
 
 
 def typed_overrides() -> list[str] | None:
@@ -111,6 +114,7 @@ def worker_config(settings: TrainConfig, backbone_path: str, run_dir: Path, trai
         "metadata": checkpoint_metadata(settings, train, dev, rendering),
         # every attempt and rerun of this run logs into one W&B run (resume="allow")
         "wandb_run_id": run_id(str(settings.run_name), storage_location(settings.trainer.storage_path)),
+        "outputs_uri": outputs_uri(settings),  # rank 0 copies progress, diagnostics, W&B files there
     }
 
 
@@ -125,7 +129,8 @@ def build_trainer(settings: TrainConfig, loop_config: dict, train: PreparedSplit
     if trainer.publish_to_serve:
         from rlhf_rm.serve.publish import PublishCheckpointsToPool
 
-        callbacks.append(PublishCheckpointsToPool(list(trainer.publish_to_serve)))
+        callbacks.append(PublishCheckpointsToPool(list(trainer.publish_to_serve),
+                                                  storage_location(trainer.storage_path)))
     datasets = {"train": train.streamed.dataset(readers=max(2, trainer.num_workers))} if train.streamed else None
     return TorchTrainer(
         train_loop_per_worker,
@@ -183,6 +188,35 @@ def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def check_storage(storage_path: str, run_name: str) -> None:
+    """A storage URI must take writes before anything starts (one line naming it otherwise)."""
+    from rlhf_rm.checkpoint.storage import check_writable, is_uri, join_uri
+
+    if is_uri(storage_path):
+        check_writable(join_uri(storage_path, run_name))
+
+
+def outputs_uri(settings: TrainConfig) -> str | None:
+    """<storage_path>/<run_name>/outputs when the storage is a URI: the run outputs beside its checkpoints."""
+    from rlhf_rm.checkpoint.storage import is_uri, join_uri
+
+    storage = settings.trainer.storage_path
+    return join_uri(storage, str(settings.run_name), "outputs") if is_uri(storage) else None
+
+
+def report_storage(checkpoint, settings: TrainConfig, run_dir: Path) -> None:
+    """With a storage URI: print the final checkpoint's URI (what serve/score/evaluate take on any node) and
+    copy the run outputs (metrics.json, ...) next to the checkpoints."""
+    from rlhf_rm.checkpoint.storage import is_uri, upload_run_outputs, uri_for
+
+    storage = settings.trainer.storage_path
+    if not is_uri(storage):
+        return
+    print(f"checkpoint_uri: {uri_for(checkpoint.filesystem, checkpoint.path, like=storage)}", flush=True)
+    upload_run_outputs(run_dir, outputs_uri(settings))
+    print(f"outputs_uri:    {outputs_uri(settings)}", flush=True)
 
 
 def storage_location(path: str) -> str:

@@ -48,6 +48,8 @@ def build_app(config: ServeConfig, token_sha256: str | None):
     actor_options = {"num_cpus": config.num_cpus_per_replica}
     if config.num_gpus:
         actor_options["num_gpus"] = config.num_gpus  # without it a replica on a cluster sees no GPU
+    if config.replica_resources:
+        actor_options["resources"] = dict(config.replica_resources)
     deployment = ScoringDeployment.options(
         name="ScoringDeployment",
         max_ongoing_requests=config.max_ongoing_requests,
@@ -73,6 +75,10 @@ def start(config: ServeConfig):
     import ray
     from ray import serve
 
+    from rlhf_rm.checkpoint.storage import check_checkpoint_uri
+
+    # A URI that holds no complete checkpoint is one line here, before any replica starts.
+    check_checkpoint_uri(config.live.checkpoint)
     if not ray.is_initialized():
         ray.init(address=config.ray_address, include_dashboard=False)
     serve.start(http_options=http_options(config), controller_options=controller_options(

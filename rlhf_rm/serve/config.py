@@ -64,6 +64,7 @@ class ServeConfig:
     device: str = "cpu"
     # GPUs Ray reserves per replica; None: 1 when device is cuda, else 0 (a replica sees only what it reserved).
     num_gpus_per_replica: float | None = None
+    replica_resources: dict | None = None  # custom Ray resources per replica: pins replicas to nodes declaring them
     dtype: str = "float32"  # float32 | bfloat16 | float16; the parity certificate's tolerance follows it
     max_texts_per_request: int = 4096
     max_body_bytes: int = 8 * 1024 * 1024

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import PurePath
 
+import ray
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -38,6 +39,7 @@ from rlhf_rm.serve.protocol import (BadRequest, ClassifyRequest, EmbeddingsReque
                                     ScoreGroupRequest, ScoreRequest, check_pairs, classify_response,
                                     embeddings_response, group_advantages, plain, sglang_classify_response,
                                     split_queries, text_chars)
+from rlhf_rm.checkpoint.storage import materialize
 
 logger = logging.getLogger("ray.serve")
 # The schema and docs are served by routes of our own below, behind the token like everything but /health.
@@ -109,14 +111,15 @@ def _ingress() -> str:
 def _without_paths(info: dict) -> dict:
     """/info for callers nobody authenticated (a pool without a token): checkpoints by name, not by where
     they sit on the replica's disk."""
-    def name(path):
-        return None if path is None else PurePath(path).name
+    def name(path):  # a URI's query (endpoint, ...) is left out too
+        return None if path is None else PurePath(str(path).split("?")[0]).name
 
     live = {**info["live_settings"], "checkpoint": name(info["live_settings"]["checkpoint"]),
             "fallback_checkpoint": name(info["live_settings"]["fallback_checkpoint"])}
     model = name(info["model"]) if str(info["model"]).startswith(("/", "~", ".")) else info["model"]
     refused = info["refused_reload"] and "a checkpoint failed its parity certificate (details need a token)"
-    return {**info, "model": model, "checkpoint": name(info["checkpoint"]), "live_settings": live,
+    return {**info, "model": model, "checkpoint": name(info["checkpoint"]),
+            "local_checkpoint": name(info["local_checkpoint"]), "live_settings": live,
             "refused_reload": refused}
 
 
@@ -324,6 +327,7 @@ class ScoringDeployment:
         http_app.state.max_body_bytes = settings.max_body_bytes
         http_app.state.token_sha256 = settings.token_sha256
         self.scorer: RewardScorer | None = None
+        self.serving: str | None = None  # the checkpoint as given (a URI stays a URI; scorer has the local copy)
         self.settings: LiveSettings | None = None
         # One forward thread: the event loop keeps queueing requests while a forward runs.
         self._forward_queue = _ForwardQueue(ThreadPoolExecutor(1, thread_name_prefix="rm-forward"))
@@ -352,14 +356,17 @@ class ScoringDeployment:
         loop = asyncio.get_running_loop()
 
         def load(checkpoint: str) -> RewardScorer:
-            scorer = RewardScorer(checkpoint, tokens_per_batch=settings.tokens_per_forward, device=self.device,
-                                  dtype=self.dtype)
+            # A URI is downloaded into this node's cache (once per node), then loaded like a directory:
+            # the load re-scores the parity canaries of what was downloaded.
+            scorer = RewardScorer(materialize(checkpoint), tokens_per_batch=settings.tokens_per_forward,
+                                  device=self.device, dtype=self.dtype)
             _refuse_uncertified(scorer, self.replica.allow_uncertified)
             _warm_up(scorer, self._forward_queue)
             return scorer
 
         try:
             self.scorer = await loop.run_in_executor(None, load, settings.checkpoint)
+            self.serving = settings.checkpoint
             self.refused_reload = None
             logger.info("serving checkpoint %s", settings.checkpoint)
             return settings
@@ -371,6 +378,7 @@ class ScoringDeployment:
             logger.error("reload refused, serving %s instead: %s", fallback, self.refused_reload)
         if self.scorer is None:
             self.scorer = await loop.run_in_executor(None, load, fallback)
+            self.serving = fallback
         return dataclasses.replace(settings, checkpoint=fallback)
 
     # -- scoring (handle API) -------------------------------------------------------------------
@@ -446,7 +454,8 @@ class ScoringDeployment:
     def info(self) -> dict:
         metadata = self.scorer.metadata
         return {"model": metadata.base_model or self.scorer.checkpoint,
-                "checkpoint": self.scorer.checkpoint,
+                "checkpoint": self.serving,
+                "local_checkpoint": self.scorer.checkpoint,  # where a URI was downloaded on this replica's node
                 "max_length": self.scorer.spec.max_length,
                 "rendering": self.scorer.spec.to_dict(),
                 "certified": self.scorer.certified,
@@ -462,6 +471,7 @@ class ScoringDeployment:
                 "max_group_tokens": self.replica.max_group_tokens,
                 "replica": serve.get_replica_context().replica_id.unique_id,
                 "ingress": _ingress(),
+                "node": ray.get_runtime_context().get_node_id(),  # the Ray node this replica runs on
                 "pid": os.getpid(),  # for memory sampling (serve_bench --soak) and tests that kill a replica
                 "batches": {"count": self._forward_queue.batches, "texts": self._forward_queue.texts},
                 "admission": self._admission()}
@@ -477,7 +487,7 @@ class ScoringDeployment:
     def redeploy_state(self) -> dict:
         """What a redeploy must carry over (app.start reads it through the handle, never over HTTP): the
         checkpoint served now, and the token digest, so a redeploy without the token keeps auth on."""
-        return {"checkpoint": self.scorer.checkpoint if self.scorer else None, "token_sha256": self.token_sha256,
+        return {"checkpoint": self.serving, "token_sha256": self.token_sha256,
                 "ingress": _ingress()}
 
     def check_health(self) -> None:

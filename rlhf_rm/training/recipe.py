@@ -247,6 +247,10 @@ class RewardModelRecipe:
         train_state = {**position.state(epoch, step_in_epoch, all_rng_states(self.world)), "contract": self.contract}
         save_and_report(self.model, self.engine, self.tokenizer, self.rank, metadata, train_state, self.optimizer,
                         self.scheduler, report)
+        if self.rank == 0 and self.job.get("outputs_uri"):  # rank 0's node may not be the driver's
+            from rlhf_rm.checkpoint.storage import upload_run_outputs
+
+            upload_run_outputs(self.job["run_dir"], self.job["outputs_uri"])
 
     def finish(self, train_seconds: float) -> None:
         """The final evaluation, summary and checkpoint."""
