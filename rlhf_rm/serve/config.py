@@ -21,6 +21,7 @@ class LiveSettings:
     max_batch_size: int = 256  # texts per batched call
     batch_wait_timeout_s: float = 0.0    # wait of a batch's first text for company (a busy replica batches anyway)
     tokens_per_forward: int = 16384  # padded tokens per model forward inside a batch
+    pooling_shape: str = "vllm"  # /pooling answers as vLLM ("vllm") or LMDeploy ("lmdeploy") does; see protocol.py
 
     @classmethod
     def from_dict(cls, values: dict) -> "LiveSettings":
@@ -32,6 +33,10 @@ class LiveSettings:
             raise ValueError("serve live settings need a checkpoint")
         if settings.max_batch_size < 1 or settings.tokens_per_forward < 1 or settings.batch_wait_timeout_s < 0:
             raise ValueError(f"bad batching settings: {settings}")
+        from rlhf_rm.serve.protocol import POOLING_SHAPES
+
+        if settings.pooling_shape not in POOLING_SHAPES:
+            raise ValueError(f"pooling_shape={settings.pooling_shape!r}; choose one of {POOLING_SHAPES}")
         return settings
 
 
