@@ -5,10 +5,13 @@
     python benchmarks/load_bench.py --tiny --quick       # a tiny random model and short levels: a smoke run
     python benchmarks/load_bench.py merge                # the markdown table of benchmarks/results/load/*.json
 
-Callers (benchmarks/locustfile.py) each post 16 HH texts to /get_reward in a loop, 30 s timeout, honouring
-Retry-After. Capacity: users are stepped 1, 2, 4, ... and capacity is the best goodput (scores/s) of a step
-whose admitted p99 is <= --p99-target (1 s); then --multiples (2x, 4x) of its users run for --level-s (60 s)
-each. Per level: goodput (scores/s, calls/s of 2xx), shed % (503), timeouts, dropped connections and other
+Callers (benchmarks/locustfile.py) each post 16 HH texts to /get_reward, 30 s timeout, honouring
+Retry-After. Capacity: closed-loop users (each calls again at once) are stepped 1, 2, 4, ... and capacity is the
+best goodput (calls/s) of a step whose admitted p99 is <= --p99-target (1 s), or one caller's rate when even
+one is over it. Overload levels offer --multiples (2x, 4x) of that rate for --level-s (60 s) each, as a fleet of
+rollout workers that each call once per --pace-s (10 s; the generation between two reward calls) from a random
+offset: users = multiple x capacity calls/s x pace. A worker whose answer takes longer than the pace calls
+again at once, as a real one would. Per level: goodput (scores/s, calls/s of 2xx), shed % (503), timeouts, dropped connections and other
 errors, p50/p99 of admitted calls, peak replica RSS, replicas, and how long the pool took afterwards to answer a
 one-text call within a second. Once with one replica, once with autoscaling 1 -> 2 replicas (same users).
 Without --checkpoint the SmolLM2 backbone gets a random (untrained) head: the compute per text is the one of a
@@ -51,12 +54,15 @@ def parse_args(argv):
     parser.add_argument("--step-s", type=float, default=None, help="seconds per capacity step (20; quick 8)")
     parser.add_argument("--level-s", type=float, default=None, help="seconds per overload level (60; quick 12)")
     parser.add_argument("--multiples", default="2,4", help="overload levels, as multiples of capacity's users")
+    parser.add_argument("--pace-s", type=float, default=None,
+                        help="overload levels: seconds between a worker's calls (10; quick 3)")
     parser.add_argument("--modes", default="fixed,autoscale", help="fixed (1 replica) and/or autoscale (1 -> 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per replica")
     parser.add_argument("--out", default=None, help="result file (default: benchmarks/results/load/<model>-seed<n>.json)")
     args = parser.parse_args(argv)
     args.step_s = args.step_s or (8.0 if args.quick else 20.0)
     args.level_s = args.level_s or (12.0 if args.quick else 60.0)
+    args.pace_s = args.pace_s or (3.0 if args.quick else 10.0)
     args.multiples = [float(m) for m in args.multiples.split(",") if m]
     args.modes = [m for m in args.modes.split(",") if m]
     unknown = set(args.modes) - {"fixed", "autoscale"}
@@ -179,13 +185,14 @@ class ReplicaSampler:
 
 
 # -- one level --------------------------------------------------------------------------------------
-def run_locust(args, url: str, users: int, seconds: float, texts_file: str, workdir: Path) -> list[dict]:
+def run_locust(args, url: str, users: int, seconds: float, texts_file: str, workdir: Path,
+               pace_s: float) -> list[dict]:
     """Locust headless for `seconds` with `users` callers, all started at once; returns its per-call records.
     Calls still in flight at the end may finish (up to the client timeout) and are counted."""
     out = workdir / f"records-{users}-{time.time_ns()}.jsonl"
     env = {**os.environ, "LOAD_BENCH_TEXTS": texts_file, "LOAD_BENCH_OUT": str(out),
            "LOAD_BENCH_TIMEOUT_S": str(args.timeout_s), "LOAD_BENCH_TEXTS_PER_CALL": str(args.texts_per_call),
-           "LOAD_BENCH_SEED": str(args.seed)}
+           "LOAD_BENCH_SEED": str(args.seed), "LOAD_BENCH_PACE_S": str(pace_s)}
     locust = Path(sys.executable).with_name("locust")
     command = [str(locust), "-f", str(LOCUSTFILE), "--headless", "--host", url, "-u", str(users), "-r", str(users),
                "-t", f"{max(1, round(seconds))}s", "--stop-timeout", str(int(args.timeout_s) + 5), "--only-summary",
@@ -242,11 +249,12 @@ def recovery_s(url: str, limit_s: float = 150.0) -> float | None:
 
 
 def level(args, url: str, app_name: str, users: int, seconds: float, texts_file: str, workdir: Path,
-          name: str) -> dict:
+          name: str, pace_s: float = 0.0) -> dict:
     load_before = os.getloadavg()
     with ReplicaSampler(app_name) as sampler:
-        records = run_locust(args, url, users, seconds, texts_file, workdir)
-    row = {"level": name, "users": users, "seconds": seconds, **summarize(records, seconds, args.texts_per_call),
+        records = run_locust(args, url, users, seconds, texts_file, workdir, pace_s)
+    row = {"level": name, "users": users, "pace_s": pace_s, "seconds": seconds,
+           **summarize(records, seconds, args.texts_per_call),
            "replica_rss_mb": [round(v) for v in sampler.peak_mb.values()], "replicas": sampler.most_replicas,
            "load_average_before": [round(x, 2) for x in load_before],
            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
@@ -280,7 +288,7 @@ def find_capacity(args, url: str, app_name: str, texts_file: str, workdir: Path)
         users *= 2
     within = [s for s in steps if s.get("p99_s") is not None and s["p99_s"] <= args.p99_target
               and not (s.get("timeout", 0) + s.get("dropped", 0) + s.get("other", 0))]
-    best = max(within, key=lambda s: s["goodput_scores_s"]) if within else steps[0]
+    best = max(within, key=lambda s: s["goodput_calls_s"]) if within else steps[0]
     capacity = {"users": best["users"], "scores_s": best["goodput_scores_s"], "calls_s": best["goodput_calls_s"],
                 "p99_s": best["p99_s"], "within_target": bool(within),
                 "one_caller_calls_s": steps[0].get("goodput_calls_s")}
@@ -298,8 +306,8 @@ def run_mode(args, mode: str, checkpoint: str, texts_file: str, workdir: Path, c
         if capacity is None:
             steps, capacity = find_capacity(args, url, app_name, texts_file, workdir)
             print(f"  capacity: {capacity}", flush=True)
-        rows = [level(args, url, app_name, max(1, round(capacity["users"] * m)), args.level_s, texts_file, workdir,
-                      f"{m:g}x") for m in args.multiples]
+        rows = [level(args, url, app_name, max(1, round(m * capacity["calls_s"] * args.pace_s)), args.level_s,
+                      texts_file, workdir, f"{m:g}x", args.pace_s) for m in args.multiples]
     finally:
         serve.shutdown()
     return {"mode": mode, "steps": steps, "levels": rows}, capacity
@@ -317,7 +325,7 @@ def environment(args, model: str, checkpoint: str) -> dict:
     return {"seed": args.seed, "git_commit": commit + ("+dirty" if dirty else ""), "model": model,
             "checkpoint": checkpoint, "device": f"cpu: {cpu}, {os.cpu_count()} cores", "torch_threads": args.threads,
             "texts_per_call": args.texts_per_call, "timeout_s": args.timeout_s, "p99_target_s": args.p99_target,
-            "step_s": args.step_s, "level_s": args.level_s, "quick": args.quick,
+            "step_s": args.step_s, "level_s": args.level_s, "pace_s": args.pace_s, "quick": args.quick,
             "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "ray": ray.__version__,
             "torch": torch.__version__, "locust": _locust_version(),
             "load_average_start": [round(x, 2) for x in os.getloadavg()]}
@@ -386,7 +394,8 @@ def _table_row(env: dict, replicas: str, row: dict, one_caller_calls_s: float | 
     ratio = f"{row['goodput_calls_s'] / one_caller_calls_s:.2f}×" if one_caller_calls_s and "goodput_calls_s" in row \
         else "–"
     back = "never" if row.get("recovery_s") is None else f"{row['recovery_s']} s"
-    return (f"| {env['model'].split(',')[0]} | {replicas} (seen {row['replicas']}) | {row['level']} | {row['users']} "
+    users = f"{row['users']} (1 call / {row['pace_s']:g} s)" if row.get("pace_s") else f"{row['users']} (closed loop)"
+    return (f"| {env['model'].split(',')[0]} | {replicas} (seen {row['replicas']}) | {row['level']} | {users} "
             f"| {row.get('goodput_scores_s', 0):.1f} ({row.get('goodput_calls_s', 0):.2f}) | {ratio} "
             f"| {row.get('shed_pct', 0):.0f} ({row.get('shed_without_retry_after', 0)}) | {row.get('timeout', 0)} "
             f"| {row.get('dropped', 0)} / {row.get('other', 0)} | {seconds(row.get('p50_s'))} / "

@@ -1,14 +1,17 @@
 """Locust users that behave like a rollout fleet against the pool; run by benchmarks/load_bench.py.
 
-Each user loops without pause: it posts 16 HH-style texts to `/get_reward` (OpenRLHF's remote-RM body) with
-the 30 s timeout slime's and POLAR's clients use, and after a 503 waits what its `Retry-After` asks before
-the next call (a refused batch is simply sent again). Every call is also written to a JSON Lines file of its
+Each user posts 16 HH-style texts to `/get_reward` (OpenRLHF's remote-RM body) with the 30 s timeout
+slime's and POLAR's clients use, and after a 503 waits what its `Retry-After` asks before the next call (a
+refused batch is simply sent again). With LOAD_BENCH_PACE_S = 0 a user calls again at once (a closed loop:
+the capacity search); with a pace it is a rollout worker that generates for that long between reward calls:
+one call per pace, started at a random offset, or at once when its answer took longer than the pace. Every call is also written to a JSON Lines file of its
 own (start, end, outcome, status, Retry-After), so the bench can split admitted calls from shed ones, which
 Locust's own statistics mix. Settings come from the environment (load_bench.py sets them):
 
     LOAD_BENCH_TEXTS      JSON file: a list of texts; each call takes LOAD_BENCH_TEXTS_PER_CALL of them
     LOAD_BENCH_OUT        where to write the per-call records (JSON Lines)
     LOAD_BENCH_TIMEOUT_S  the client timeout (default 30)
+    LOAD_BENCH_PACE_S     seconds between a user's call starts (default 0: none)
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from locust import HttpUser, constant, events, task
 TEXTS = json.loads(open(os.environ["LOAD_BENCH_TEXTS"]).read())
 PER_CALL = int(os.environ.get("LOAD_BENCH_TEXTS_PER_CALL", "16"))
 TIMEOUT_S = float(os.environ.get("LOAD_BENCH_TIMEOUT_S", "30"))
+PACE_S = float(os.environ.get("LOAD_BENCH_PACE_S", "0"))
 SEED = int(os.environ.get("LOAD_BENCH_SEED", "0"))
 RECORDS: list[dict] = []
 _users_started = 0
@@ -49,6 +53,8 @@ class RolloutCaller(HttpUser):
         global _users_started
         self.rng = random.Random(SEED * 100_003 + _users_started)  # user i draws the same texts on every run
         _users_started += 1
+        if PACE_S:
+            gevent.sleep(self.rng.uniform(0, PACE_S))  # workers are not in step with each other
 
     @task
     def get_reward(self):
@@ -73,11 +79,13 @@ class RolloutCaller(HttpUser):
         RECORDS.append({"start": began, "end": ended, "outcome": outcome_of(status, error), "status": status,
                         "retry_after": retry_after, "texts": PER_CALL,
                         "error": None if error is None else type(error).__name__})
+        wait = max(0.0, PACE_S - (ended - began))
         if retry_after is not None:
             try:
-                gevent.sleep(float(retry_after))
+                wait = max(wait, float(retry_after))
             except ValueError:  # an HTTP date: not sent by the pool; wait a second
-                gevent.sleep(1.0)
+                wait = max(wait, 1.0)
+        gevent.sleep(wait)
 
 
 @events.quitting.add_listener
