@@ -337,6 +337,22 @@ def _locust_version() -> str:
     return importlib.metadata.version("locust")
 
 
+def start_ray(attempts: int = 3) -> None:
+    """A Ray of its own (own temp dir): never joins, nor is joined by, another cluster on this machine. Ray gives
+    its raylet a fixed time to register, which a busy machine can miss: tried again."""
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+                     _temp_dir=tempfile.mkdtemp(prefix="lb_ray_", dir="/tmp"))
+            return
+        except Exception:  # noqa: BLE001 - retried, then raised
+            ray.shutdown()
+            if attempt == attempts - 1:
+                raise
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["merge"]:
@@ -350,9 +366,7 @@ def main(argv=None) -> int:
     texts_file.write_text(json.dumps(load_texts(args.data, args.seed)))
     result = {"environment": environment(args, model, checkpoint), "runs": []}
     print(f"model: {model}; load average {result['environment']['load_average_start']}", flush=True)
-    # A Ray of its own (own temp dir): never joins, nor is joined by, another cluster on this machine.
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             _temp_dir=tempfile.mkdtemp(prefix="lb_ray_", dir="/tmp"))
+    start_ray()
     capacity = None
     try:
         for mode in args.modes:

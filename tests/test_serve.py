@@ -370,6 +370,40 @@ def test_slime_remote_rm_and_openrlhf_remote_reward_requests(pool, direct, texts
     assert missing_status == 422
 
 
+def _openrlhf_agent():
+    try:
+        import openrlhf.utils.agent as agent
+    except ImportError:
+        return None
+    return agent
+
+
+@pytest.mark.skipif(_openrlhf_agent() is None, reason="openrlhf not installed (pins a GPU stack; see docstring)")
+def test_openrlhf_remote_rm_executor_itself_when_installed(pool, direct, texts):
+    """OpenRLHF's own code, when importable: `SingleTurnAgentExecutor(remote_rm_url)._fetch_rewards_via_http`
+    (openrlhf 0.11.2, openrlhf/utils/agent.py). Its wheel pins flash-attn and a GPU stack, so nothing installs
+    it here and the suite skips this; by hand: `pip install --no-deps --target DIR openrlhf pylatexenc` and
+    DIR on PYTHONPATH. It sends no token, so it calls an app of its own without one (same Serve, own prefix)."""
+    agent = _openrlhf_agent()
+    from ray import serve
+
+    from rlhf_rm.serve.app import start
+    from rlhf_rm.serve.config import LiveSettings, ServeConfig
+
+    prompts, responses = texts
+    start(ServeConfig(app_name="rm_test_open", route_prefix="/open", num_replicas=1, num_cpus_per_replica=0.5,
+                      token_env="RLHF_RM_TEST_NO_TOKEN", live=LiveSettings(checkpoint=pool.checkpoint_a)))
+    try:
+        executor = agent.SingleTurnAgentExecutor(f"{pool.url}/open/get_reward")
+        queries = [p + r for p, r in zip(prompts[:3], responses[:3])]
+        infos = asyncio.run(executor._fetch_rewards_via_http(queries, prompts[:3], [None] * 3))
+    finally:
+        serve.delete("rm_test_open")
+    assert len(infos) == 1  # one server: one shard
+    assert_scores(infos[0]["scores"], expected(direct[0], prompts[:3], responses[:3]))
+    assert infos[0]["rewards"] == infos[0]["scores"]
+
+
 def test_score_group_equals_each_text_alone_with_advantages(pool, direct, texts):
     """A GRPO-style group: one prompt, n responses, one prefix-shared forward; each reward equals the
     full text scored alone (fp32, 1e-5); GRPO and RLOO advantages computed from them."""
