@@ -46,6 +46,8 @@ def parse_args(argv):
     parser.add_argument("--tiny", action="store_true", help="a tiny random model built in code (smoke runs)")
     parser.add_argument("--quick", action="store_true", help="short steps and levels (end-to-end check)")
     parser.add_argument("--data", default=str(HH_TRAIN), help="HH-RLHF JSON Lines (chosen/rejected texts)")
+    parser.add_argument("--max-length", type=int, default=512,
+                        help="tokens per text of the exported SmolLM2 checkpoint (training's default, 512)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--texts-per-call", type=int, default=16)
     parser.add_argument("--timeout-s", type=float, default=30.0, help="each caller's timeout (slime's, POLAR's)")
@@ -87,15 +89,15 @@ def export_checkpoint(args) -> tuple[str, str]:
     from rlhf_rm.backbone import cache_root, resolve_backbone
     from rlhf_rm.model import load_reward_model, load_tokenizer, save_checkpoint
 
-    target = cache_root() / "load_bench" / "smollm2-135m-untrained-head"
-    description = "SmolLM2-135M-Instruct, untrained head (compute as a trained checkpoint)"
+    target = cache_root() / "load_bench" / f"smollm2-135m-untrained-head-{args.max_length}"
+    description = f"SmolLM2-135M-Instruct, untrained head, max_length {args.max_length}"
     if (target / "rlhf_rm.json").exists():
         return str(target), description
     backbone = resolve_backbone("smollm2-135m-instruct")
     tokenizer = load_tokenizer(backbone)
     torch.manual_seed(0)
     model = load_reward_model(backbone, tokenizer)
-    meta = {"base_model": "smollm2-135m-instruct (untrained head)", "max_length": 2048}
+    meta = {"base_model": "smollm2-135m-instruct (untrained head)", "max_length": args.max_length}
     return str(save_checkpoint(model, tokenizer, target, meta)), description
 
 
@@ -306,6 +308,9 @@ def run_mode(args, mode: str, checkpoint: str, texts_file: str, workdir: Path, c
         if capacity is None:
             steps, capacity = find_capacity(args, url, app_name, texts_file, workdir)
             print(f"  capacity: {capacity}", flush=True)
+            if not capacity["calls_s"]:
+                raise RuntimeError(f"one caller alone got no answer within {args.timeout_s} s in {args.step_s} s: "
+                                   f"no capacity to scale the overload levels from ({steps[0]})")
         rows = [level(args, url, app_name, max(1, round(m * capacity["calls_s"] * args.pace_s)), args.level_s,
                       texts_file, workdir, f"{m:g}x", args.pace_s) for m in args.multiples]
     finally:
