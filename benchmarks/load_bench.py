@@ -309,8 +309,9 @@ def run_mode(args, mode: str, checkpoint: str, texts_file: str, workdir: Path, c
             steps, capacity = find_capacity(args, url, app_name, texts_file, workdir)
             print(f"  capacity: {capacity}", flush=True)
             if not capacity["calls_s"]:
-                raise RuntimeError(f"one caller alone got no answer within {args.timeout_s} s in {args.step_s} s: "
-                                   f"no capacity to scale the overload levels from ({steps[0]})")
+                error = (f"one caller alone got no answer within {args.timeout_s:g} s in a {args.step_s:g} s step: "
+                         "no capacity to scale the overload levels from")
+                return {"mode": mode, "steps": steps, "levels": [], "error": error}, capacity
         rows = [level(args, url, app_name, max(1, round(m * capacity["calls_s"] * args.pace_s)), args.level_s,
                       texts_file, workdir, f"{m:g}x", args.pace_s) for m in args.multiples]
     finally:
@@ -377,6 +378,9 @@ def main(argv=None) -> int:
         for mode in args.modes:
             run, capacity = run_mode(args, mode, checkpoint, str(texts_file), workdir, capacity)
             result["runs"].append({**run, "capacity": capacity})
+            if "error" in run:  # saved as the outcome (the "before" of a fix, say); nothing to run after it
+                result["error"] = run["error"]
+                break
     finally:
         ray.shutdown()
     result["environment"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -386,6 +390,9 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {out}\n")
     print(table([result]))
+    if "error" in result:
+        print(f"\nstopped: {result['error']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -431,7 +438,8 @@ def merge(paths: list[str]) -> int:
     for f, result in zip(files, results):
         env = result["environment"]
         print(f"<!-- {f.name}: {env['model']}; {env['device']}; commit {env['git_commit']}; seed {env['seed']}; "
-              f"{env['date']}; load average {env['load_average_start']} -> {env.get('load_average_end')} -->")
+              f"{env['date']}; load average {env['load_average_start']} -> {env.get('load_average_end')}"
+              f"{'; stopped: ' + result['error'] if 'error' in result else ''} -->")
     print(table(results))
     return 0
 
