@@ -53,7 +53,8 @@ def parse_args(argv):
     parser.add_argument("--timeout-s", type=float, default=30.0, help="each caller's timeout (slime's, POLAR's)")
     parser.add_argument("--p99-target", type=float, default=1.0, help="admitted p99 (s) that defines capacity")
     parser.add_argument("--max-users", type=int, default=64, help="the capacity search stops here")
-    parser.add_argument("--step-s", type=float, default=None, help="seconds per capacity step (20; quick 8)")
+    parser.add_argument("--step-s", type=float, default=None,
+                        help="seconds per capacity step (60, several SmolLM2 calls of 16 texts; quick 8)")
     parser.add_argument("--level-s", type=float, default=None, help="seconds per overload level (60; quick 12)")
     parser.add_argument("--multiples", default="2,4", help="overload levels, as multiples of capacity's users")
     parser.add_argument("--pace-s", type=float, default=None,
@@ -62,7 +63,7 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=1, help="torch threads per replica")
     parser.add_argument("--out", default=None, help="result file (default: benchmarks/results/load/<model>-seed<n>.json)")
     args = parser.parse_args(argv)
-    args.step_s = args.step_s or (8.0 if args.quick else 20.0)
+    args.step_s = args.step_s or (8.0 if args.quick else 60.0)
     args.level_s = args.level_s or (12.0 if args.quick else 60.0)
     args.pace_s = args.pace_s or (3.0 if args.quick else 10.0)
     args.multiples = [float(m) for m in args.multiples.split(",") if m]
