@@ -10,7 +10,7 @@ Retry-After. Capacity: closed-loop users (each calls again at once) are stepped 
 best goodput (calls/s) of a step whose admitted p99 is <= --p99-target (1 s), or one caller's rate when even
 one is over it. Overload levels offer --multiples (2x, 4x) of that rate for --level-s (60 s) each, as a fleet of
 rollout workers that each call once per --pace-s (10 s; the generation between two reward calls) from a random
-offset: users = multiple x capacity calls/s x pace. A worker whose answer takes longer than the pace calls
+offset: users = multiple x capacity calls/s x pace, rounded, and the pace then set to offer exactly that. A worker whose answer takes longer than the pace calls
 again at once, as a real one would. Per level: goodput (scores/s, calls/s of 2xx), shed % (503), timeouts, dropped connections and other
 errors, p50/p99 of admitted calls, peak replica RSS, replicas, and how long the pool took afterwards to answer a
 one-text call within a second. Once with one replica, once with autoscaling 1 -> 2 replicas (same users).
@@ -313,8 +313,13 @@ def run_mode(args, mode: str, checkpoint: str, texts_file: str, workdir: Path, c
                 error = (f"one caller alone got no answer within {args.timeout_s:g} s in a {args.step_s:g} s step: "
                          "no capacity to scale the overload levels from")
                 return {"mode": mode, "steps": steps, "levels": [], "error": error}, capacity
-        rows = [level(args, url, app_name, max(1, round(m * capacity["calls_s"] * args.pace_s)), args.level_s,
-                      texts_file, workdir, f"{m:g}x", args.pace_s) for m in args.multiples]
+        rows = []
+        for multiple in args.multiples:
+            # Whole users at about --pace-s each, the pace then set so that they offer exactly multiple x capacity.
+            offered = multiple * capacity["calls_s"]
+            users = max(1, round(offered * args.pace_s))
+            rows.append(level(args, url, app_name, users, args.level_s, texts_file, workdir, f"{multiple:g}x",
+                              users / offered))
     finally:
         serve.shutdown()
     return {"mode": mode, "steps": steps, "levels": rows}, capacity
@@ -421,7 +426,8 @@ def _table_row(env: dict, replicas: str, row: dict, one_caller_calls_s: float | 
     ratio = f"{row['goodput_calls_s'] / one_caller_calls_s:.2f}×" if one_caller_calls_s and "goodput_calls_s" in row \
         else "–"
     back = "never" if row.get("recovery_s") is None else f"{row['recovery_s']} s"
-    users = f"{row['users']} (1 call / {row['pace_s']:g} s)" if row.get("pace_s") else f"{row['users']} (closed loop)"
+    users = f"{row['users']} (1 call / {row['pace_s']:.3g} s: {row['users'] / row['pace_s']:.3g} calls/s)" \
+        if row.get("pace_s") else f"{row['users']} (closed loop)"
     return (f"| {env['model'].split(',')[0]} | {replicas} (seen {row['replicas']}) | {row['level']} | {users} "
             f"| {row.get('goodput_scores_s', 0):.1f} ({row.get('goodput_calls_s', 0):.2f}) | {ratio} "
             f"| {row.get('shed_pct', 0):.0f} ({row.get('shed_without_retry_after', 0)}) | {row.get('timeout', 0)} "
