@@ -293,6 +293,130 @@ def test_sglang_classify_and_embeddings_dialects(pool, direct, texts):
         assert http.post("/v1/embeddings", json={"input": full[0], "encoding_format": "base64"}).status_code == 400
 
 
+def test_pooling_dialects_as_polar_reads_them(pool, direct, texts):
+    """/pooling with InternLM POLAR's exact request and reading lines (InternLM/POLAR, src/polar/reward_func.py:
+    `vllm_request_reward` and `lmdeploy_request_reward` post `{"input": data}` with `requests`, timeout 30):
+    vLLM's shape by default, LMDeploy's after the live setting `pooling_shape=lmdeploy`."""
+    import requests
+
+    from rlhf_rm.serve.app import reload_checkpoint
+
+    prompts, responses = texts
+    data = [p + r for p, r in zip(prompts[:4], responses[:4])]
+    want = expected(direct[0], data, [""] * 4)
+    auth = {"Authorization": f"Bearer {TOKEN}"}  # POLAR sends none; the test pool needs its token
+    res = requests.post(f"{pool.url}/pooling", json={"input": data}, headers=auth, timeout=30)
+    assert res.status_code == 200, res.text
+    assert_scores([e["data"][-1][0] for e in res.json()["data"]], want)  # POLAR's vLLM reader
+    body = res.json()
+    assert body["object"] == "list" and [e["object"] for e in body["data"]] == ["pooling"] * 4
+    assert [e["index"] for e in body["data"]] == [0, 1, 2, 3] and body["model"] == "tiny-llama"
+    with pool.http() as http:
+        assert http.post("/pooling", json={"input": [[1, 2, 3]]}).status_code == 422  # token ids: not served
+        one = http.post("/pooling", json={"model": "polar", "input": data[0]}).json()
+        assert one["model"] == "polar" and one["data"][0]["data"] == [[one["data"][0]["data"][0][0]]]
+    reload_checkpoint(pool.config, pool.checkpoint_a, pooling_shape="lmdeploy")
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:  # both replicas reconfigured: every answer in LMDeploy's shape
+            shapes = {type(requests.post(f"{pool.url}/pooling", json={"input": data}, headers=auth, timeout=30
+                                         ).json()["data"][0]["data"]) for _ in range(6)}
+            if shapes == {float}:
+                break
+            time.sleep(0.5)
+        res = requests.post(f"{pool.url}/pooling", json={"input": data}, headers=auth, timeout=30)
+        assert_scores([e["data"] for e in res.json()["data"]], want)  # POLAR's LMDeploy reader
+    finally:
+        reload_checkpoint(pool.config, pool.checkpoint_a)
+    from rlhf_rm.serve.config import LiveSettings
+
+    with pytest.raises(ValueError, match="pooling_shape"):
+        LiveSettings.from_dict({"checkpoint": "c", "pooling_shape": "sglang"})
+
+
+def test_slime_remote_rm_and_openrlhf_remote_reward_requests(pool, direct, texts):
+    """slime's `remote_rm` (THUDM/slime, slime/rollout/rm_hub/__init__.py): one aiohttp POST per sample of
+    `{"prompt", "response", "label"}`, `raise_for_status()`, and `await resp.json()` IS the reward.
+    OpenRLHF's remote RM call (openrlhf 0.11.2, openrlhf/utils/agent.py, `SingleTurnAgentExecutor.execute` and
+    `_fetch_rewards_via_http`): `{"query": [prompt+response decoded], "prompts": [prompt], "labels": [label]}`
+    to `--remote_rm_url`, reading `scores`, else `rewards`. OpenRLHF itself is not installed (its wheel pins
+    flash-attn and a GPU stack), so its request and reading lines are reproduced here."""
+    import aiohttp
+
+    prompts, responses = texts
+    want = expected(direct[0], prompts[:4], responses[:4])
+    chat_prompt = [{"role": "user", "content": "Say hi."}]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def slime_remote_rm(session, sample):
+        payload = {"prompt": sample["prompt"], "response": sample["response"], "label": sample["label"]}
+        async with session.post(f"{pool.url}/reward", json=payload) as resp:
+            resp.raise_for_status()
+            return await resp.json()
+
+    async def openrlhf_fetch(session, query, prompt, label):
+        payload = {"query": [query], "prompts": [prompt], "labels": [label]}
+        async with session.post(f"{pool.url}/get_reward", json=payload) as response:
+            response.raise_for_status()
+            rewards_info = await response.json()
+        score_value = rewards_info.get("scores")
+        return rewards_info.get("rewards"), score_value if score_value is not None else rewards_info.get("rewards")
+
+    async def run():
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(timeout=timeout, headers=auth) as session:
+            samples = [{"prompt": p, "response": r, "label": "unused"} for p, r in zip(prompts[:4], responses[:4])]
+            slime = await asyncio.gather(*(slime_remote_rm(session, s) for s in samples))
+            chat = await slime_remote_rm(session, {"prompt": chat_prompt, "response": "Hi!", "label": None})
+            openrlhf = await asyncio.gather(*(openrlhf_fetch(session, p + r, p, None)
+                                              for p, r in zip(prompts[:4], responses[:4])))
+            async with session.post(f"{pool.url}/reward", json={"prompt": "p"}) as missing:
+                missing_status = missing.status
+            return slime, chat, openrlhf, missing_status
+
+    slime, chat, openrlhf, missing_status = asyncio.run(run())
+    assert all(isinstance(r, float) for r in slime)
+    assert_scores(slime, want)
+    assert_scores([chat], expected(direct[0], [chat_prompt], ["Hi!"]))
+    assert_scores([rewards[0] for rewards, _ in openrlhf], want)
+    assert_scores([scores[0] for _, scores in openrlhf], want)
+    assert missing_status == 422
+
+
+def _openrlhf_agent():
+    try:
+        import openrlhf.utils.agent as agent
+    except ImportError:
+        return None
+    return agent
+
+
+@pytest.mark.skipif(_openrlhf_agent() is None, reason="openrlhf not installed (pins a GPU stack; see docstring)")
+def test_openrlhf_remote_rm_executor_itself_when_installed(pool, direct, texts):
+    """OpenRLHF's own code, when importable: `SingleTurnAgentExecutor(remote_rm_url)._fetch_rewards_via_http`
+    (openrlhf 0.11.2, openrlhf/utils/agent.py). Its wheel pins flash-attn and a GPU stack, so nothing installs
+    it here and the suite skips this; by hand: `pip install --no-deps --target DIR openrlhf pylatexenc` and
+    DIR on PYTHONPATH. It sends no token, so it calls an app of its own without one (same Serve, own prefix)."""
+    agent = _openrlhf_agent()
+    from ray import serve
+
+    from rlhf_rm.serve.app import start
+    from rlhf_rm.serve.config import LiveSettings, ServeConfig
+
+    prompts, responses = texts
+    start(ServeConfig(app_name="rm_test_open", route_prefix="/open", num_replicas=1, num_cpus_per_replica=0.5,
+                      token_env="RLHF_RM_TEST_NO_TOKEN", live=LiveSettings(checkpoint=pool.checkpoint_a)))
+    try:
+        executor = agent.SingleTurnAgentExecutor(f"{pool.url}/open/get_reward")
+        queries = [p + r for p, r in zip(prompts[:3], responses[:3])]
+        infos = asyncio.run(executor._fetch_rewards_via_http(queries, prompts[:3], [None] * 3))
+    finally:
+        serve.delete("rm_test_open")
+    assert len(infos) == 1  # one server: one shard
+    assert_scores(infos[0]["scores"], expected(direct[0], prompts[:3], responses[:3]))
+    assert infos[0]["rewards"] == infos[0]["scores"]
+
+
 def test_score_group_equals_each_text_alone_with_advantages(pool, direct, texts):
     """A GRPO-style group: one prompt, n responses, one prefix-shared forward; each reward equals the
     full text scored alone (fp32, 1e-5); GRPO and RLOO advantages computed from them."""
@@ -438,6 +562,45 @@ def test_trl_reward_function_with_conversational_inputs(pool, direct):
     assert reward.__name__ == "rlhf_rm_reward"
     assert_scores(reward(prompts=prompts, completions=completions, completion_ids=None),
                   expected(direct[0], prompts, completions))
+
+
+def test_trl_grpo_trainer_trains_with_the_pool_as_its_reward(pool, direct, tiny_backbone, tmp_path):
+    """TRL's own reward path: GRPOTrainer.train() on a tiny policy built in code, `reward_funcs=
+    [TRLRewardFunction]` over HTTP, 3 steps. Every reward TRL received equals the scorer's direct score of the
+    (prompt, completion) TRL generated, and each logged step mean is the mean of that step's rewards."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rlhf_rm.serve import RewardClient, TRLRewardFunction
+
+    class Recorded(TRLRewardFunction):
+        def __init__(self, client):
+            super().__init__(client)
+            self.calls = []
+
+        def __call__(self, prompts, completions, **kwargs):
+            rewards = super().__call__(prompts, completions, **kwargs)
+            self.calls.append((list(prompts), list(completions), rewards))
+            return rewards
+
+    reward = Recorded(RewardClient(url=pool.url, token_env=TOKEN_ENV))
+    prompts = ["\n\nHuman: How are you?\n\nAssistant:", "\n\nHuman: What is 2+2?\n\nAssistant:"]
+    args = GRPOConfig(output_dir=str(tmp_path / "grpo"), per_device_train_batch_size=4, num_generations=2,
+                      max_completion_length=6, max_steps=3, report_to="none", use_cpu=True, bf16=False,
+                      logging_steps=1, save_strategy="no", seed=0)
+    trainer = GRPOTrainer(model=tiny_backbone, reward_funcs=[reward], args=args,
+                          train_dataset=Dataset.from_dict({"prompt": prompts * 4}))
+    trainer.train()
+    assert len(reward.calls) == 3
+    logged = [entry[f"rewards/{reward.__name__}/mean"] for entry in trainer.state.log_history
+              if f"rewards/{reward.__name__}/mean" in entry]
+    assert len(logged) == 3
+    for (call_prompts, completions, rewards), mean in zip(reward.calls, logged):
+        assert len(rewards) == 4 and all(isinstance(c, str) for c in completions)
+        assert_scores(rewards, expected(direct[0], call_prompts, completions))
+        assert abs(mean - sum(rewards) / 4) < 1e-4, (mean, rewards)
+    last = list(trainer._logs["rewards"][reward.__name__])  # TRL's own per-sample log of the last step
+    assert_scores(last, reward.calls[-1][2])
 
 
 # -- failures under load ------------------------------------------------------------------------------

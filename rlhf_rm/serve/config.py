@@ -26,6 +26,7 @@ class LiveSettings:
     # Admission control: a replica refuses a request (503 + Retry-After; `PoolOverloaded` through a handle) when
     # the work queued before it would take longer than this, by the replica's measured throughput.
     max_queue_s: float = 4.0
+    pooling_shape: str = "vllm"  # /pooling answers as vLLM ("vllm") or LMDeploy ("lmdeploy") does; see protocol.py
 
     @classmethod
     def from_dict(cls, values: dict) -> "LiveSettings":
@@ -38,6 +39,10 @@ class LiveSettings:
         if settings.max_batch_size < 1 or settings.tokens_per_forward < 1 or settings.batch_wait_timeout_s < 0 \
                 or settings.max_queue_s <= 0:
             raise ValueError(f"bad batching settings: {settings}")
+        from rlhf_rm.serve.protocol import POOLING_SHAPES
+
+        if settings.pooling_shape not in POOLING_SHAPES:
+            raise ValueError(f"pooling_shape={settings.pooling_shape!r}; choose one of {POOLING_SHAPES}")
         return settings
 
 

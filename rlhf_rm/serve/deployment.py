@@ -40,6 +40,7 @@ from rlhf_rm.serve.protocol import (BadRequest, ClassifyRequest, EmbeddingsReque
                                     embeddings_response, group_advantages, plain, sglang_classify_response,
                                     split_queries, text_chars)
 from rlhf_rm.checkpoint.storage import materialize
+from rlhf_rm.serve.protocol import PoolingRequest, SlimeRewardRequest, pooling_response
 
 logger = logging.getLogger("ray.serve")
 # The schema and docs are served by routes of our own below, behind the token like everything but /health.
@@ -550,3 +551,18 @@ class ScoringDeployment:
     async def score_group_route(self, body: ScoreGroupRequest) -> dict:
         return await self.score_group(plain(body.prompt), [plain(r) for r in body.responses], body.normalize,
                                       body.advantages)
+
+    @http_app.post("/pooling", dependencies=[Depends(_require_token)])
+    async def pooling_route(self, body: PoolingRequest) -> dict:
+        """vLLM's or LMDeploy's /pooling (live setting `pooling_shape`), as InternLM POLAR reads it."""
+        if body.encoding_format not in (None, "float"):
+            raise BadRequest(f"encoding_format={body.encoding_format!r}: only 'float' is served")
+        texts = body.texts()
+        result = await self.score(texts, [""] * len(texts), body.normalize)
+        return pooling_response(result, body.model or self._http_info()["model"], self.settings.pooling_shape)
+
+    @http_app.post("/reward", dependencies=[Depends(_require_token)])
+    async def slime_reward_route(self, body: SlimeRewardRequest) -> float:
+        """slime's remote_rm: one sample in, the reward out as a bare JSON number."""
+        result = await self.score([plain(body.prompt)], [plain(body.response)])
+        return result["scores"][0]

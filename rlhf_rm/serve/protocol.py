@@ -7,6 +7,10 @@ HTTP dialects that map onto one scoring call `score(prompts, responses)`:
   /classify       vLLM-style (`input` → `data[i].probs`, veRL's reward loop) or SGLang-style
                   (`text` → `[{"embedding": [r]}]`, veRL's SGLang backend, Skywork-Reward-V2's recipe)
   /v1/embeddings  OpenAI embeddings shape (`input` → `data[i].embedding`; veRL reads `embedding[-1]`)
+  /pooling        vLLM's PoolingResponse (`input` → `data[i].data = [[r]]`; InternLM POLAR reads
+                  `data[i]["data"][-1][0]`), or with the live setting `pooling_shape=lmdeploy` LMDeploy's
+                  (`data[i].data = r`, POLAR's lmdeploy reader)
+  /reward         slime's `remote_rm`: one sample `{"prompt", "response", "label"}` → the reward as a bare number
 A full text is scored as a prompt with an empty response, so truncation cuts it from the left
 (keeping its end, where the reply is) exactly as training cuts an over-long prompt.
 """
@@ -202,3 +206,45 @@ def classify_response(result: dict, model: str) -> dict:
     return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": model,
             "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
             "normalized": result["normalized"], "truncated": result["truncated"]}
+
+
+class PoolingRequest(BaseModel):
+    """vLLM's and LMDeploy's /pooling body as InternLM POLAR's client sends it: `{"input": texts}` (POLAR,
+    src/polar/reward_func.py, `vllm_request_reward` / `lmdeploy_request_reward`); `model` is optional there
+    and echoed back. Token-id inputs, which both servers also take, are refused: the pool renders text."""
+
+    model: Optional[str] = None
+    input: Union[str, list[str]]
+    encoding_format: Optional[str] = None  # "float" only
+    normalize: Optional[bool] = None
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+POOLING_SHAPES = ("vllm", "lmdeploy")
+
+
+def pooling_response(result: dict, model: str, shape: str) -> dict:
+    """The /pooling answer. vLLM (vllm/entrypoints/openai/protocol.py, `PoolingResponseData.data:
+    list[list[float]] | list[float] | str`): a reward model's data is one row per pooled token, each row its
+    labels; the pool pools only the last token, so `data = [[reward]]` and POLAR's `data[-1][0]` is the reward.
+    LMDeploy (lmdeploy/serve/openai/api_server.py, `pooling`): `data` is the reward itself."""
+    if shape not in POOLING_SHAPES:
+        raise BadRequest(f"pooling_shape={shape!r}; choose one of {POOLING_SHAPES}")
+    tokens = sum(result["tokens"])
+    data = [{"index": i, "object": "pooling", "data": [[score]] if shape == "vllm" else score}
+            for i, score in enumerate(result["scores"])]
+    return {"id": f"pool-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": model,
+            "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
+            "normalized": result["normalized"], "truncated": result["truncated"]}
+
+
+class SlimeRewardRequest(BaseModel):
+    """One sample as slime's `remote_rm` posts it (THUDM/slime, slime/rollout/rm_hub/__init__.py): `prompt`
+    (a string, or chat messages when the dataset applies no template), `response`, and `label`, which a
+    learned RM ignores. slime returns `await resp.json()` as the reward, so the answer is a bare number."""
+
+    prompt: Text
+    response: Text
+    label: Optional[Any] = None
