@@ -352,6 +352,7 @@ def _wandb_records(data: bytes) -> tuple[list[dict], dict]:
     return history, summary
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch, prepared, capsys):
     """Every resume used to open a new W&B run. The run id now comes from run_name + storage (what Ray Train
     resumes from): the killed attempt and its resume write one W&B run id, the resume logging only the steps

@@ -199,6 +199,7 @@ class _NodeOverShell:
         return sync
 
 
+@pytest.mark.slow
 def test_a_node_the_autoscaler_adds_after_ray_up_gets_the_secrets_file(tmp_path, monkeypatch):
     """Secrets used to reach only the nodes running when `ray rsync-up` ran. Now cluster.yaml's file_mounts carry
     ~/.rlhf_rm/secrets.env: `ray up` writes the head's autoscaler config (Ray's _set_up_config_for_head_node),
