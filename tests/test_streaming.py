@@ -166,6 +166,7 @@ def test_streamed_two_worker_run_trains(tmp_path, monkeypatch, tiny_backbone, ra
 
 
 
+@pytest.mark.slow  # preparation now asks Ray for the driver's node
 def test_two_concurrent_preparations_of_one_entry_keep_their_shards(tmp_path, monkeypatch, tiny_backbone):
     """Two runs preparing the same streamed split share one cache entry. The second used to rmtree the
     directory while the first was still using it (its shards gone). Ray Data is replaced by an in-thread
