@@ -6,19 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from test_serve import free_port  # one free-port helper for every test server
+
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -59,13 +59,6 @@ class RenderingSpec:
             raise ValueError(f"unknown rendering keys {sorted(unknown)} (written by a newer rlhf_rm?)")
         return cls(**values)
 
-    @classmethod
-    def from_metadata(cls, metadata: dict) -> "RenderingSpec | None":
-        """The spec stored in a checkpoint's rlhf_rm.json; None for a directory that is not a checkpoint."""
-        if "rendering" in metadata:
-            return cls.from_dict(metadata["rendering"])
-        return None
-
     def differences(self, other: "RenderingSpec") -> list[str]:
         """Human-readable 'field: a != b' lines, for refusal messages."""
         mine, theirs = self.to_dict(), other.to_dict()
