@@ -27,6 +27,14 @@ longer" / "chosen shorter", by response tokens) is reported for every arm.
     python benchmarks/quality_bench.py merge [--write-readme]
     python benchmarks/quality_bench.py relength --arm rlhf_rm --seed 0   # see relength()
     python benchmarks/quality_bench.py on-general --seed 0   # make train's checkpoint on general's test sources
+
+Choosing the main job (issue 29): every candidate arm trains exactly as the main job does (400 pairs outside the
+tuning split), 3 seeds, scored on the tuning split (`--split tune`, rows under results/quality/tune/); only the
+chosen candidate (and the default, the baseline measured the same way) is then scored on the test split from the
+same checkpoints (`test`), so the test split decides nothing:
+
+    python benchmarks/quality_bench.py run --split tune --arm lr1e-4_centered --seed 0
+    python benchmarks/quality_bench.py test --arm lr1e-4_centered --seed 0
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "quality"
+TUNE_RESULTS = RESULTS / "tune"  # candidates scored on the tuning split carved out of train
 ON_GENERAL = RESULTS / "on_general"  # HH-only checkpoints scored on experiment=general's test sources
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -54,6 +63,12 @@ TEST_PAIRS = 208  # all of hh-rlhf-harmless/dev.jsonl
 ARMS = {
     "trl": ("TRL RewardTrainer, 400 pairs (reference)", None),
     "rlhf_rm": ("rlhf_rm `make train`, 400 pairs", []),
+    # candidates for the main job (issue 29), each on top of it
+    "rlhf_rm_defaults": ("rlhf_rm 400 pairs, the defaults before issue 29 (lr 5e-5, Bradley-Terry, head N(0, 0.02))",
+                         ["trainer.lr=5e-5", "loss=bradley_terry", "model.head_init_std=0.02"]),
+    "lr1e-4_centered": ("rlhf_rm 400 pairs, lr 1e-4, reward centering 0.01, head N(0, 1/(H+1))",
+                        ["trainer.lr=1e-4", "loss=regularized", "loss.coefficient=0.01", "model.head_init_std=0.0416"]),
+    "lora_1e-3": ("rlhf_rm 400 pairs, LoRA r=16 at lr 1e-3", ["model.lora.enabled=true", "trainer.lr=1e-3"]),
     "equal_time": ("rlhf_rm at TRL's training time, 1200 pairs", ["data.limit=1200"]),
     "rlhf_rm_length": ("rlhf_rm 400 pairs + length head", ["model.length_head.enabled=true"]),
     "equal_time_length": ("rlhf_rm 1200 pairs + length head", ["data.limit=1200", "model.length_head.enabled=true"]),
@@ -186,8 +201,15 @@ def length_figures(length: dict) -> dict:
                                          "shorter_chosen_pairs", "reward_length_correlation")}
 
 
-def run_piece(arm: str, seed: int, work: Path, extra: list[str]) -> Path:
+def run_piece(arm: str, seed: int, work: Path, extra: list[str], split: str = "test") -> Path:
     label, overrides = ARMS[arm]
+    if split == "tune":
+        if overrides is None:
+            raise SystemExit(f"--split tune: {arm} is not an rlhf_rm arm")
+        # dev is the tuning split instead of the test split; the main job's train spec (experiment=quickstart,
+        # applied after the data group) is the same one, so the training data is the main job's
+        extra = [*extra, "data=hh_rlhf_tune"]
+        work = work / "tune"
     work = work / f"{arm}-seed{seed}"
     work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
@@ -200,8 +222,29 @@ def run_piece(arm: str, seed: int, work: Path, extra: list[str]) -> Path:
     row = {"arm": arm, "label": label, "seed": seed, "commit": commit, "started": started.isoformat(),
            "device": f"{platform.machine()}, {os.cpu_count()} CPU cores",
            "loadavg_1m": {"before": load_before[0], "after": os.getloadavg()[0]},
-           "overrides": (overrides or []) + extra, **figures}
-    RESULTS.mkdir(parents=True, exist_ok=True)
+           "overrides": (overrides or []) + extra, "split": split, **figures}
+    if split == "tune":  # the figures are tuning-split figures, not test figures
+        row["tune_accuracy"] = row.pop("test_accuracy")
+        row["tune_pairs"] = row.pop("test_pairs")
+    out = TUNE_RESULTS if split == "tune" else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{arm}-seed{seed}.json"
+    path.write_text(json.dumps(row, indent=1) + "\n")
+    print(json.dumps(row), flush=True)
+    return path
+
+
+def test_piece(arm: str, seed: int, work: Path) -> Path:
+    """Score a tuning-split piece's checkpoint on the test split (`rlhf_rm.evaluate`, hh-rlhf-harmless/dev.jsonl):
+    the test row of a chosen candidate, from the very checkpoint its tuning row measured."""
+    tune_row = json.loads((TUNE_RESULTS / f"{arm}-seed{seed}.json").read_text())
+    report = evaluate_checkpoint(arm, seed, work / "tune", "test", [])
+    rewards = report["rewards"]
+    row = {**{k: tune_row[k] for k in ("arm", "label", "seed", "commit", "started", "device", "loadavg_1m",
+                                       "overrides", "train_pairs", "train_seconds", "job_seconds")},
+           "split": "test", "trained_in": f"tune/{arm}-seed{seed}.json", "tune_accuracy": tune_row["tune_accuracy"],
+           "test_accuracy": rewards["accuracy"], "test_pairs": rewards["pairs"], "scored_by": git_commit(),
+           **length_figures(report["length"]), "length_definition": OWN_TOKENS}
     path = RESULTS / f"{arm}-seed{seed}.json"
     path.write_text(json.dumps(row, indent=1) + "\n")
     print(json.dumps(row), flush=True)
@@ -251,23 +294,53 @@ BASELINE_NOTE = ("Length-only baseline: the better of \"the shorter reply wins\"
                  "minus it, per seed.")
 
 
-def merge(rows: list[dict]) -> str:
+OLD_DATA_MARK = "†"
+OLD_DATA_NOTE = (f"{OLD_DATA_MARK}: trained on the first rows of train with the tuning split inside them (rows written "
+                 "before 2026-12-06, when the main job started holding the tuning split out); the other rlhf_rm rows "
+                 "train on the first 445 rows of train outside the tuning split (400 pairs).")
+
+
+def arm_lines(rows: list[dict], split: str) -> list[str]:
+    """One table line per arm (ARMS order): mean ± std over its seeds of the `split`'s figures."""
     by_arm: dict[str, list[dict]] = {}
     for row in rows:
         by_arm.setdefault(row["arm"], []).append(row)
-    lines = ["| run | seeds | train pairs | training loop (s) | test accuracy | length-only baseline | margin over it "
-             "| chosen longer | chosen shorter | reward–length r |", "|---|---|---|---|---|---|---|---|---|---|"]
+    accuracy, pairs = f"{split}_accuracy", f"{split}_pairs"
+    lines = [f"| run | seeds | train pairs | training loop (s) | job (s) | {split} accuracy | length-only baseline "
+             "| margin over it | chosen longer | chosen shorter | reward–length r |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in [a for a in ARMS if a in by_arm and a != "general"]:
         group = sorted(by_arm[arm], key=lambda r: r["seed"])
-        baseline, margin = baseline_cells(group)
+        baseline, margin = baseline_cells([{**r, "test_accuracy": r[accuracy]} for r in group], pairs)
+        mark = f" {OLD_DATA_MARK}" if any("split" not in r for r in group) else ""
         lines.append(
-            f"| {ARMS[arm][0]} | {len(group)} ({', '.join(str(r['seed']) for r in group)}) "
+            f"| {ARMS[arm][0]}{mark} | {len(group)} ({', '.join(str(r['seed']) for r in group)}) "
             f"| {round(statistics.mean(r['train_pairs'] for r in group))} "
             f"| {statistics.mean(r['train_seconds'] for r in group):.0f} "
-            f"| {mean_std([r['test_accuracy'] for r in group])} | {baseline} | {margin} "
+            f"| {mean_std([r.get('job_seconds') for r in group], 0)} "
+            f"| {mean_std([r[accuracy] for r in group])} | {baseline} | {margin} "
             f"| {mean_std([r['longer_chosen_accuracy'] for r in group])} "
             f"| {mean_std([r['shorter_chosen_accuracy'] for r in group])} "
             f"| {mean_std([r['reward_length_correlation'] for r in group], 2)} |")
+    return lines
+
+
+def merge_tune(rows: list[dict]) -> str:
+    """The candidates for the main job on the tuning split (the choice is made here, never on the test split)."""
+    if not rows:
+        return ""
+    first = rows[0]
+    return ("Choosing the main job: every candidate trains like `make train` and is scored on the tuning split "
+            f"carved out of train ({first['tune_pairs']} pairs: {first['longer_chosen_pairs']} with the chosen response "
+            f"longer, {first['shorter_chosen_pairs']} shorter); rows: benchmarks/results/quality/tune/*.json.\n\n"
+            + "\n".join(arm_lines(rows, "tune")))
+
+
+def merge(rows: list[dict], tune_rows: list[dict] = ()) -> str:
+    by_arm: dict[str, list[dict]] = {}
+    for row in rows:
+        by_arm.setdefault(row["arm"], []).append(row)
+    lines = arm_lines(rows, "test")
     devices = sorted({r["device"] for r in rows})
     dates = sorted(r["started"][:10] for r in rows)
     # Pair counts by our encoder's response tokens (TRL's rows count with TRL's tokenizer and rendering).
@@ -277,10 +350,12 @@ def merge(rows: list[dict]) -> str:
              f"({first.get('longer_chosen_pairs')} with the chosen response longer, "
              f"{first.get('shorter_chosen_pairs')} shorter, the rest equal, in rlhf_rm's response tokens). "
              "Mean ± sample std over seeds.",
-             BASELINE_NOTE + baseline_caveats(hh_rows),
+             BASELINE_NOTE + baseline_caveats(hh_rows), OLD_DATA_NOTE,
              f"Device: {', '.join(devices)}; pieces run {dates[0] if dates else '?'} to {dates[-1] if dates else '?'}; "
              f"rows: benchmarks/results/quality/*.json (seed, commit, load average each)."]
     text = "\n".join(lines) + "\n\n" + "\n".join(notes)
+    if tune_rows:
+        text += "\n\n" + merge_tune(list(tune_rows))
     if "general" in by_arm:
         cross = [json.loads(p.read_text()) for p in sorted(ON_GENERAL.glob("*.json"))]
         text += "\n\n" + merge_general(sorted(by_arm["general"], key=lambda r: r["seed"]), cross)
@@ -339,7 +414,13 @@ def main() -> int:
     run.add_argument("--arm", choices=sorted(ARMS), required=True)
     run.add_argument("--seed", type=int, required=True)
     run.add_argument("--work", default="outputs/quality_bench")
+    run.add_argument("--split", choices=("test", "tune"), default="test",
+                     help="tune: score on the tuning split carved out of train (rows under results/quality/tune/)")
     run.add_argument("overrides", nargs="*", help="extra Hydra overrides for rlhf_rm arms (recorded in the row)")
+    test = sub.add_parser("test", help="score a tuning-split piece's checkpoint on the test split")
+    test.add_argument("--arm", choices=sorted(a for a in ARMS if ARMS[a][1] is not None), required=True)
+    test.add_argument("--seed", type=int, required=True)
+    test.add_argument("--work", default="outputs/quality_bench")
     again = sub.add_parser("relength", help="recompute an rlhf_rm row's length split from its checkpoint")
     again.add_argument("--arm", choices=sorted(a for a in ARMS if a != "trl"), required=True)
     again.add_argument("--seed", type=int, required=True)
@@ -353,7 +434,10 @@ def main() -> int:
     merged.add_argument("--write-readme", action="store_true", help="replace the table in README.md")
     args = parser.parse_args()
     if args.command == "run":
-        run_piece(args.arm, args.seed, Path(args.work).resolve(), args.overrides)
+        run_piece(args.arm, args.seed, Path(args.work).resolve(), args.overrides, args.split)
+        return 0
+    if args.command == "test":
+        test_piece(args.arm, args.seed, Path(args.work).resolve())
         return 0
     if args.command == "relength":
         relength(args.arm, args.seed, Path(args.work).resolve())
@@ -362,7 +446,8 @@ def main() -> int:
         on_general(args.arm, args.seed, Path(args.work).resolve(), Path(args.report) if args.report else None)
         return 0
     rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-    text = merge(rows) + "\n\nCommands: `python benchmarks/quality_bench.py run --arm ARM --seed S` per piece " \
+    tune_rows = [json.loads(p.read_text()) for p in sorted(TUNE_RESULTS.glob("*.json"))]
+    text = merge(rows, tune_rows) + "\n\nCommands: `python benchmarks/quality_bench.py run --arm ARM --seed S` per piece " \
                          "(`on-general --seed S`: the HH-only checkpoint on general's sources), then " \
                          "`python benchmarks/quality_bench.py merge --write-readme`"
     print(text)

@@ -168,3 +168,19 @@ def test_sweep_chooses_on_a_tuning_split_carved_from_train_never_on_the_test_spl
     prompts = lambda items: {example.prompt for _, example in items}  # noqa: E731
     assert not prompts(train) & prompts(tune)
     assert 0.05 < len(tune) / (len(train) + len(tune)) < 0.15, (len(tune), len(train))
+
+
+def test_the_main_job_trains_outside_the_tuning_split_its_settings_were_chosen_on():
+    """experiment=quickstart (`make train`) holds the tuning split out of its 400 training pairs, so a candidate
+    scored on that split (benchmarks/quality_bench.py --split tune) is scored on pairs it never trained on, and
+    the main job reports on dev.jsonl, the test split. With data=hh_rlhf_tune the training data is unchanged."""
+    from rlhf_rm.data.load import load_examples
+
+    main = settings_from(compose(["experiment=quickstart"]))
+    tuning = settings_from(compose(["experiment=quickstart", "data=hh_rlhf_tune"]))
+    assert main.data.train == tuning.data.train and main.data.limit == tuning.data.limit
+    assert Path(main.data.dev).name == "dev.jsonl"
+    train, _ = load_examples(main.data.train, limit=main.data.limit)
+    tune, _ = load_examples(tuning.data.dev)
+    assert not {e.prompt for _, e in train} & {e.prompt for _, e in tune}
+    assert 395 <= len(train) <= 405, len(train)

@@ -33,3 +33,21 @@ def test_baseline_column_from_stored_counts_and_dash_without_them():
     assert quality_bench.row_baseline(row("x", 0, 0.1, shorter_chosen_pairs=1, longer_chosen_pairs=8)) == {
         "length_baseline": 0.85, "length_baseline_rule": "longer wins", "equal_length_pairs": 1,
         "margin": pytest.approx(-0.75)}
+
+
+def test_tuning_rows_get_their_own_table_and_old_data_rows_are_marked():
+    """A candidate's tuning-split rows are tabled by their tune accuracy under the test table (the choice's
+    evidence), never mixed into it; a test row written before the main job held the tuning split out (no
+    "split" key) is marked †, one that says its split is not."""
+    counts = {"shorter_chosen_pairs": 6, "longer_chosen_pairs": 2}
+    tune = [{**row("lr1e-4_centered", seed, 0.0, **counts), "split": "tune", "tune_accuracy": accuracy,
+             "tune_pairs": 10} for seed, accuracy in ((0, 0.9), (1, 0.7))]
+    for r in tune:
+        del r["test_accuracy"], r["test_pairs"]
+    rows = [row("rlhf_rm", 0, 0.75, **counts), {**row("lr1e-4_centered", 0, 0.8, **counts), "split": "test"}]
+    table = quality_bench.merge(rows, tune)
+    test_part, tune_part = table.split("Choosing the main job")
+    assert "| rlhf_rm `make train`, 400 pairs † |" in test_part
+    assert "lr 1e-4, reward centering 0.01, head N(0, 1/(H+1)) | 1 (0) |" in test_part
+    tune_line = next(line for line in tune_part.splitlines() if "reward centering" in line)
+    assert "| 2 (0, 1) |" in tune_line and "| 0.800 ± 0.141 | 0.700 (shorter wins) | +0.100 ± 0.141 |" in tune_line
