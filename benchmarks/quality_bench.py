@@ -31,7 +31,9 @@ longer" / "chosen shorter", by response tokens) is reported for every arm.
 Choosing the main job (issue 29): every candidate arm trains exactly as the main job does (400 pairs outside the
 tuning split), 3 seeds, scored on the tuning split (`--split tune`, rows under results/quality/tune/); only the
 chosen candidate (and the default, the baseline measured the same way) is then scored on the test split from the
-same checkpoints (`test`), so the test split decides nothing:
+same checkpoints (`test`), so the test split decides nothing. The rule, fixed before the first tuning row
+(2026-12-06): the highest mean tuning-split accuracy over 3 seeds wins, as long as its job fits the quickstart
+budget (15 minutes on 2 cores); within one pair (0.005) of another, the faster job wins.
 
     python benchmarks/quality_bench.py run --split tune --arm lr1e-4_centered --seed 0
     python benchmarks/quality_bench.py test --arm lr1e-4_centered --seed 0
@@ -69,6 +71,8 @@ ARMS = {
     "lr1e-4_centered": ("rlhf_rm 400 pairs, lr 1e-4, reward centering 0.01, head N(0, 1/(H+1))",
                         ["trainer.lr=1e-4", "loss=regularized", "loss.coefficient=0.01", "model.head_init_std=0.0416"]),
     "lora_1e-3": ("rlhf_rm 400 pairs, LoRA r=16 at lr 1e-3", ["model.lora.enabled=true", "trainer.lr=1e-3"]),
+    "pairs700": ("rlhf_rm 705 pairs (the first 780 rows outside the tuning split), the defaults",
+                 ["trainer.lr=5e-5", "loss=bradley_terry", "model.head_init_std=0.02", "data.limit=780"]),
     "equal_time": ("rlhf_rm at TRL's training time, 1200 pairs", ["data.limit=1200"]),
     "rlhf_rm_length": ("rlhf_rm 400 pairs + length head", ["model.length_head.enabled=true"]),
     "equal_time_length": ("rlhf_rm 1200 pairs + length head", ["data.limit=1200", "model.length_head.enabled=true"]),
