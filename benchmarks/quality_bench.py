@@ -31,9 +31,10 @@ longer" / "chosen shorter", by response tokens) is reported for every arm.
 Choosing the main job (issue 29): every candidate arm trains exactly as the main job does (400 pairs outside the
 tuning split), 3 seeds, scored on the tuning split (`--split tune`, rows under results/quality/tune/); only the
 chosen candidate (and the default, the baseline measured the same way) is then scored on the test split from the
-same checkpoints (`test`), so the test split decides nothing. The rule, written down after the first three
-tuning rows (seed 0 of each of the first three candidates) and before the rest: the highest mean tuning-split accuracy over 3 seeds wins, as long as its job fits the quickstart
-budget (15 minutes on 2 cores); within one pair (0.005) of another, the faster job wins.
+same checkpoints (`test`), so the test split decides nothing. The rule, written down
+after the first three tuning rows (seed 0 of each of the first three candidates) and before the rest: the highest
+mean tuning-split accuracy over 3 seeds wins, as long as its job fits the quickstart budget (15 minutes on
+2 cores); within one pair (0.005) of another, the faster job wins.
 
     python benchmarks/quality_bench.py run --split tune --arm lr1e-4_centered --seed 0
     python benchmarks/quality_bench.py test --arm lr1e-4_centered --seed 0
