@@ -47,7 +47,7 @@ def test_tuning_rows_get_their_own_table_and_old_data_rows_are_marked():
     rows = [row("rlhf_rm", 0, 0.75, **counts), {**row("lr1e-4_centered", 0, 0.8, **counts), "split": "test"}]
     table = quality_bench.merge(rows, tune)
     test_part, tune_part = table.split("Choosing the main job")
-    assert "| rlhf_rm `make train`, 400 pairs † |" in test_part
+    assert "| rlhf_rm `make train` before issue 29, 400 pairs † |" in test_part
     assert "lr 1e-4, reward centering 0.01, head N(0, 1/(H+1)) | 1 (0) |" in test_part
     tune_line = next(line for line in tune_part.splitlines() if "reward centering" in line)
     assert "| 2 (0, 1) |" in tune_line and "| 0.800 ± 0.141 | 0.700 (shorter wins) | +0.100 ± 0.141 |" in tune_line
