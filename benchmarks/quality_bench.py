@@ -9,7 +9,8 @@ Arms (`--arm`):
                harmless train pairs (TRL drops those over max length), max length 512, batch 8, one epoch,
                lr 5e-5, cosine, 5 % warmup, center_rewards_coefficient 0.01, fp32 (benchmarks/train_bench.py)
   rlhf_rm      the README's main job (`make train`: 400 pairs, 2 Ray Train workers); its rows were written before
-               issue 29, when it trained on the same first 400 pairs as TRL (the tuning split inside them)
+               issue 29, when it trained on the same first 400 pairs as TRL (the tuning split inside them); a new
+               piece of it would train today's LoRA main job into that row, so run lora_1e-3 for the main job
   equal_time   the main job on the pairs TRL's training time allows: the reference's training loop took 1525 s
                (seed 0, 2026-11-29) and the main job trains 0.82 pairs/s here (400 pairs in 488 s), so 1200 pairs
                (`data.limit=1200`, ≈ 1460 s); the table prints both training times, so the claim can be checked
@@ -67,12 +68,13 @@ TEST_PAIRS = 208  # all of hh-rlhf-harmless/dev.jsonl
 ARMS = {
     "trl": ("TRL RewardTrainer, 400 pairs (reference)", None),
     "rlhf_rm": ("rlhf_rm `make train` before issue 29, 400 pairs", []),
-    # candidates for the main job (issue 29), each on top of it
+    # candidates for the main job (issue 29): the main job's data, these settings over it
     "rlhf_rm_defaults": ("rlhf_rm 400 pairs, the defaults before issue 29 (lr 5e-5, Bradley-Terry, head N(0, 0.02))",
                          ["trainer.lr=5e-5", "loss=bradley_terry", "model.head_init_std=0.02"]),
     "lr1e-4_centered": ("rlhf_rm 400 pairs, lr 1e-4, reward centering 0.01, head N(0, 1/(H+1))",
                         ["trainer.lr=1e-4", "loss=regularized", "loss.coefficient=0.01", "model.head_init_std=0.0416"]),
-    "lora_1e-3": ("rlhf_rm `make train` since issue 29: 400 pairs, LoRA r=16 at lr 1e-3 (chosen)", ["model.lora.enabled=true", "trainer.lr=1e-3"]),
+    "lora_1e-3": ("rlhf_rm `make train` since issue 29: 400 pairs, LoRA r=16 at lr 1e-3 (chosen)",
+                  ["model.lora.enabled=true", "trainer.lr=1e-3"]),
     "pairs700": ("rlhf_rm 705 pairs (the first 780 rows outside the tuning split), the defaults",
                  ["trainer.lr=5e-5", "loss=bradley_terry", "model.head_init_std=0.02", "data.limit=780"]),
     "equal_time": ("rlhf_rm at TRL's training time, 1200 pairs", ["data.limit=1200"]),
@@ -240,7 +242,7 @@ def run_piece(arm: str, seed: int, work: Path, extra: list[str], split: str = "t
     return path
 
 
-def test_piece(arm: str, seed: int, work: Path) -> Path:
+def score_on_test_split(arm: str, seed: int, work: Path) -> Path:
     """Score a tuning-split piece's checkpoint on the test split (`rlhf_rm.evaluate`, hh-rlhf-harmless/dev.jsonl):
     the test row of a chosen candidate, from the very checkpoint its tuning row measured."""
     tune_row = json.loads((TUNE_RESULTS / f"{arm}-seed{seed}.json").read_text())
@@ -443,7 +445,7 @@ def main() -> int:
         run_piece(args.arm, args.seed, Path(args.work).resolve(), args.overrides, args.split)
         return 0
     if args.command == "test":
-        test_piece(args.arm, args.seed, Path(args.work).resolve())
+        score_on_test_split(args.arm, args.seed, Path(args.work).resolve())
         return 0
     if args.command == "relength":
         relength(args.arm, args.seed, Path(args.work).resolve())
