@@ -270,7 +270,7 @@ def mean_std(values: list[float], digits: int = 3, signed: bool = False) -> str:
     return f"{statistics.mean(values):{sign}.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def row_baseline(figures: dict, pairs_key: str = "test_pairs") -> dict | None:
+def row_baseline(figures: dict, pairs_key: str = "test_pairs", accuracy_key: str = "test_accuracy") -> dict | None:
     """The length-only baseline of a row's test pairs (rlhf_rm.evaluation.diagnostics.length_baseline: the better
     of "shorter wins" and "longer wins", equal lengths half) from the counts the row stored, and the row's margin
     over it; None for a row without those counts (nothing is invented for it)."""
@@ -280,14 +280,15 @@ def row_baseline(figures: dict, pairs_key: str = "test_pairs") -> dict | None:
     if any(c is None for c in counts):
         return None
     baseline = length_baseline(*counts)
-    accuracy = figures.get("test_accuracy", figures.get("accuracy"))
+    accuracy = figures.get(accuracy_key)
     return {**baseline, "margin": None if accuracy is None else accuracy - baseline["length_baseline"]}
 
 
-def baseline_cells(rows: list[dict], pairs_key: str = "test_pairs") -> tuple[str, str]:
+def baseline_cells(rows: list[dict], pairs_key: str = "test_pairs",
+                   accuracy_key: str = "test_accuracy") -> tuple[str, str]:
     """Table cells "baseline (rule)" and "margin over it" (mean ± std over the rows that hold the counts);
     "—" when none does."""
-    baselines = [b for b in (row_baseline(r, pairs_key) for r in rows) if b is not None]
+    baselines = [b for b in (row_baseline(r, pairs_key, accuracy_key) for r in rows) if b is not None]
     if not baselines:
         return "—", "—"
     rules = "/".join(sorted({b["length_baseline_rule"] for b in baselines}))
@@ -319,7 +320,7 @@ def arm_lines(rows: list[dict], split: str) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in [a for a in ARMS if a in by_arm and a != "general"]:
         group = sorted(by_arm[arm], key=lambda r: r["seed"])
-        baseline, margin = baseline_cells([{**r, "test_accuracy": r[accuracy]} for r in group], pairs)
+        baseline, margin = baseline_cells(group, pairs, accuracy)
         mark = f" {OLD_DATA_MARK}" if any("split" not in r for r in group) else ""
         lines.append(
             f"| {ARMS[arm][0]}{mark} | {len(group)} ({', '.join(str(r['seed']) for r in group)}) "
@@ -345,9 +346,6 @@ def merge_tune(rows: list[dict]) -> str:
 
 
 def merge(rows: list[dict], tune_rows: list[dict] = ()) -> str:
-    by_arm: dict[str, list[dict]] = {}
-    for row in rows:
-        by_arm.setdefault(row["arm"], []).append(row)
     lines = arm_lines(rows, "test")
     devices = sorted({r["device"] for r in rows})
     dates = sorted(r["started"][:10] for r in rows)
@@ -364,9 +362,10 @@ def merge(rows: list[dict], tune_rows: list[dict] = ()) -> str:
     text = "\n".join(lines) + "\n\n" + "\n".join(notes)
     if tune_rows:
         text += "\n\n" + merge_tune(list(tune_rows))
-    if "general" in by_arm:
+    general = sorted((r for r in rows if r["arm"] == "general"), key=lambda r: r["seed"])
+    if general:
         cross = [json.loads(p.read_text()) for p in sorted(ON_GENERAL.glob("*.json"))]
-        text += "\n\n" + merge_general(sorted(by_arm["general"], key=lambda r: r["seed"]), cross)
+        text += "\n\n" + merge_general(general, cross)
     return text
 
 
@@ -399,7 +398,7 @@ def merge_general(group: list[dict], cross: list[dict] = ()) -> str:
              "|---|---|---|---|---|---|---|" + ("---|" if cross else "")]
     without_counts = []
     for source in GENERAL_SOURCES:
-        baseline, margin = baseline_cells([r["by_source"].get(source, {}) for r in group], pairs_key="pairs")
+        baseline, margin = baseline_cells([r["by_source"].get(source, {}) for r in group], "pairs", "accuracy")
         if baseline == "—":
             without_counts.append(source)
         lines.append(f"| {source} | {group[0]['by_source'].get(source, {}).get('pairs', 0)} "
